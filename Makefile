@@ -1,0 +1,38 @@
+# vtr_bench — `make help` lists targets. Every target installs what it needs first (a local .venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install run test flops tiny-models clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# lmms-eval pulls a CUDA torchvision that breaks `import transformers` model classes on a CPU torch
+	$(PY) -m pip uninstall -y -q torchvision
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install vtr_bench (pinned) without torchvision
+
+run: $(STAMP)  ## the default job: bundled model on the shapes benchmark (override with ARGS="method=fastv budget=0.5")
+	$(PY) -m vtr_bench $(ARGS)
+
+test: $(STAMP)  ## the fast test suite
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+flops: $(STAMP)  ## weights-free FLOPs plan, e.g. make flops ARGS="model=llava15_7b method=fastv method.r=0.5"
+	$(PY) -m vtr_bench run.mode=flops $(ARGS)
+
+tiny-models: $(STAMP)  ## retrain the bundled tiny checkpoints on CPU
+	$(PY) -m vtr_bench.tiny.train --all
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf runs

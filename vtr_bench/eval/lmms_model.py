@@ -1,0 +1,115 @@
+"""The lmms-eval bridge: an ``lmms`` model class wrapping a model adapter and the reduction engine."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from lmms_eval.api.model import lmms
+from tqdm import tqdm
+
+from vtr_bench.errors import EvaluationError
+from vtr_bench.eval.generate import greedy_generate
+from vtr_bench.models.base import VLMAdapter
+from vtr_bench.reduction.engine import ReductionEngine
+
+DEFAULT_MAX_NEW_TOKENS = 16
+
+
+@dataclass
+class SampleRecord:
+    """Measurements of one generated sample."""
+
+    task: str
+    doc_id: int
+    prompt_tokens: int
+    n_vision: int
+    processed: list[int]
+    prefill_seconds: float
+    decode_seconds: list[float] = field(default_factory=list)
+
+
+class ReducedLMM(lmms):
+    """An lmms-eval model: greedy generation through ``adapter.model`` with ``engine`` attached.
+
+    Args:
+        adapter: the model adapter (model + processor + prompt format).
+        engine: the reduction engine for this run (built from the method's schedule and scorer).
+        batch_size: requests per forward (left padding); accuracy runs default to 1.
+        show_progress: show a progress bar over requests.
+    """
+
+    is_simple = True
+
+    def __init__(self, adapter: VLMAdapter, engine: ReductionEngine, batch_size: int = 1,
+                 show_progress: bool = True) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.engine = engine
+        self.batch_size_per_gpu = int(batch_size)
+        self.show_progress = show_progress
+        self.records: list[SampleRecord] = []
+        tokenizer = adapter.processor.tokenizer
+        self.tokenizer = tokenizer
+        self.eos_token_ids = {tokenizer.eos_token_id}
+
+    def _generate_batch(self, batch) -> list[str]:
+        images, questions, gen_kwargs = [], [], batch[0].args[1]
+        for request in batch:
+            context, _, doc_to_visual, doc_id, task, split = request.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+            if len(visuals) != 1:
+                raise EvaluationError(f"{task} doc {doc_id}: expected exactly one image, got {len(visuals)}")
+            images.append(visuals[0])
+            questions.append(context)
+        inputs = self.adapter.prepare(images, questions)
+        vision_mask = self.adapter.vision_mask(inputs["input_ids"])
+        max_new = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        out = greedy_generate(self.adapter.model, self.engine, inputs, vision_mask, max_new, self.eos_token_ids)
+        texts = []
+        lengths = inputs["attention_mask"].sum(-1).tolist()
+        for i, request in enumerate(batch):
+            _, _, _, doc_id, task, _ = request.args
+            text = self.tokenizer.decode(out.tokens[i], skip_special_tokens=True)
+            for stop in gen_kwargs.get("until") or []:
+                if stop and stop in text:
+                    text = text.split(stop)[0]
+            texts.append(text.strip())
+            self.records.append(SampleRecord(task, int(doc_id), int(lengths[i]), out.n_vision[i],
+                                             out.processed_counts[i], out.prefill_seconds / len(batch),
+                                             [s / len(batch) for s in out.decode_seconds]))
+        return texts
+
+    def generate_until(self, requests) -> list[str]:
+        """Answer generation requests in order; any failure raises (never a silent empty answer)."""
+        answers: list[str] = []
+        bar = tqdm(total=len(requests), desc="generate", disable=not self.show_progress, leave=False)
+        with self.engine.attached():
+            for start in range(0, len(requests), self.batch_size_per_gpu):
+                batch = requests[start:start + self.batch_size_per_gpu]
+                try:
+                    answers.extend(self._generate_batch(batch))
+                except EvaluationError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - re-raised with the sample named
+                    doc_ids = [r.args[3] for r in batch]
+                    raise EvaluationError(
+                        f"generation failed on {batch[0].args[4]} docs {doc_ids}: {type(error).__name__}: {error}"
+                    ) from error
+                bar.update(len(batch))
+        bar.close()
+        return answers
+
+    def loglikelihood(self, requests):
+        raise EvaluationError("vtr_bench evaluates generation tasks only (loglikelihood tasks are not supported)")
+
+    def generate_until_multi_round(self, requests):
+        raise EvaluationError("vtr_bench does not support multi-round generation tasks")
+
+
+def latency_summary(values: list[float]) -> dict:
+    """Median and p90 (nearest rank) of a list of seconds, in milliseconds; empty → None values."""
+    if not values:
+        return {"median_ms": None, "p90_ms": None}
+    ordered = sorted(values)
+    p90 = ordered[min(len(ordered) - 1, max(0, int(round(0.9 * len(ordered))) - 1))]
+    return {"median_ms": 1000 * statistics.median(ordered), "p90_ms": 1000 * p90}

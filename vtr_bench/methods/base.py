@@ -1,0 +1,50 @@
+"""The method interface: a method compiles to a keep schedule plus a scorer (DESIGN §2)."""
+from __future__ import annotations
+
+import math
+
+from vtr_bench.errors import ConfigError
+from vtr_bench.reduction.schedule import KeepSchedule
+from vtr_bench.reduction.scoring import Scorer
+
+
+def check_budget(budget) -> float | None:
+    """Validate a requested budget (mean keep ratio): None, or a number in (0, 1]."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or math.isnan(budget):
+        raise ConfigError(f"budget must be a number in (0, 1], got {budget!r}")
+    if not 0 < budget <= 1:
+        raise ConfigError(f"budget must be in (0, 1] (mean keep ratio of vision tokens), got {budget}")
+    return float(budget)
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and implement :meth:`schedule` and :meth:`scorer`.
+
+    Attributes:
+        name: the method's config name.
+        takes_budget: whether a ``budget`` may be given.
+    """
+
+    name = "base"
+    takes_budget = True
+
+    def schedule(self, layers: int, budget: float | None) -> KeepSchedule:  # pragma: no cover - interface
+        """The keep schedule for a decoder of ``layers`` layers under ``budget`` (None: the method's own)."""
+        raise NotImplementedError
+
+    def scorer(self, seed: int) -> Scorer | None:  # pragma: no cover - interface
+        """The scorer used at dropping layers."""
+        raise NotImplementedError
+
+    def build(self, layers: int, budget, seed: int = 0) -> tuple[KeepSchedule, Scorer | None]:
+        """Validate ``budget`` and return (schedule, scorer)."""
+        budget = check_budget(budget)
+        if budget is not None and not self.takes_budget:
+            raise ConfigError(f"method {self.name!r} takes no budget (got budget={budget})")
+        return self.schedule(layers, budget), self.scorer(seed)
+
+    def describe(self) -> dict:
+        """The method's parameters, for results files."""
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

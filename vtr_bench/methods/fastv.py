@@ -1,0 +1,67 @@
+"""FastV (Chen et al., ECCV 2024, arXiv 2403.06764) and the random-dropping control with the same schedule.
+
+Layers ``0..k-1`` see every vision token; from layer ``k`` on a fraction ``r`` is dropped, ranked by the attention
+the last prompt token pays in layer ``k-1`` (recomputed from that layer's q/k, so SDPA stays on). Given a budget
+``b`` (mean keep ratio), ``r = (1 - b) * L / (L - k)``; budgets below ``k / L`` are unreachable and are an error.
+"""
+from __future__ import annotations
+
+from vtr_bench.errors import ConfigError
+from vtr_bench.methods.base import Method
+from vtr_bench.reduction.schedule import KeepSchedule
+from vtr_bench.reduction.scoring import LastTokenAttention, RandomScorer, Scorer
+
+DEFAULT_R = 0.5
+
+
+def solve_drop_fraction(budget: float, layers: int, k: int) -> float:
+    """The fraction dropped at layer ``k`` so that the mean keep ratio over ``layers`` layers is ``budget``."""
+    if k >= layers:
+        raise ConfigError(f"k={k} must be smaller than the number of decoder layers ({layers})")
+    r = (1 - budget) * layers / (layers - k)
+    if r > 1 + 1e-12:
+        raise ConfigError(
+            f"budget {budget} is unreachable with k={k} on a {layers}-layer decoder: layers before k keep "
+            f"every token, so the lowest budget is k/L = {k / layers:.4g}"
+        )
+    return min(r, 1.0)
+
+
+class FastV(Method):
+    """FastV: drop a fraction ``r`` of vision tokens at layer ``k``, ranked by last-token attention.
+
+    Args:
+        k: the first layer that sees the reduced sequence (FastV's K).
+        r: fraction of vision tokens dropped (FastV's R); solved from the budget when a budget is given.
+    """
+
+    name = "fastv"
+
+    def __init__(self, k: int = 2, r: float | None = None) -> None:
+        if k < 0:
+            raise ConfigError(f"method.k must be >= 0, got {k}")
+        if r is not None and not 0 <= r <= 1:
+            raise ConfigError(f"method.r must be in [0, 1], got {r}")
+        self.k = int(k)
+        self.r = r
+
+    def schedule(self, layers: int, budget: float | None) -> KeepSchedule:
+        if budget is not None and self.r is not None:
+            raise ConfigError("give either budget or method.r, not both")
+        if self.k >= layers:
+            raise ConfigError(f"method.k={self.k} must be smaller than the number of decoder layers ({layers})")
+        r = self.r if budget is None else solve_drop_fraction(budget, layers, self.k)
+        r = DEFAULT_R if r is None else r
+        return KeepSchedule((1.0,) * self.k + (1.0 - r,) * (layers - self.k))
+
+    def scorer(self, seed: int) -> Scorer:
+        return LastTokenAttention(source_offset=-1)
+
+
+class RandomDrop(FastV):
+    """The random control: FastV's schedule, vision tokens dropped uniformly at random (seeded)."""
+
+    name = "random"
+
+    def scorer(self, seed: int) -> Scorer:
+        return RandomScorer(seed)

@@ -1,0 +1,69 @@
+"""Model adapters: one object that knows how to prompt an HF vision-language model and where its decoder is."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vtr_bench.reduction.engine import ReductionEngine
+from vtr_bench.reduction.schedule import KeepSchedule
+from vtr_bench.reduction.scoring import Scorer
+
+
+class VLMAdapter:
+    """Wraps an HF ``*ForConditionalGeneration`` model whose decoder is ``model.model.language_model``.
+
+    Args:
+        model: the HF model (eval mode).
+        processor: its processor (tokenizer + image processor); may be None for id-level use in tests.
+        prompt_template: format string with ``{question}``; the image placeholder is part of it.
+        name: display name (config name).
+    """
+
+    def __init__(self, model: nn.Module, processor=None, prompt_template: str = "USER: <image>\n{question}\nASSISTANT:",
+                 name: str = "model") -> None:
+        self.model = model
+        self.processor = processor
+        self.prompt_template = prompt_template
+        self.name = name
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder stack (a LlamaModel / Qwen2Model)."""
+        return self.model.model.language_model
+
+    @property
+    def decoder_layers(self) -> Sequence[nn.Module]:
+        """The decoder layers the engine hooks."""
+        return self.language_model.layers
+
+    @property
+    def text_config(self):
+        """The decoder's HF config."""
+        return self.language_model.config
+
+    @property
+    def image_token_id(self) -> int:
+        """Token id of the vision placeholder tokens in the LLM input."""
+        return int(self.model.config.image_token_id)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model parameters."""
+        return next(self.model.parameters()).device
+
+    def vision_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """True at the vision-token positions of ``input_ids``."""
+        return input_ids == self.image_token_id
+
+    def engine(self, schedule: KeepSchedule, scorer: Scorer | None, positions: str = "keep") -> ReductionEngine:
+        """A reduction engine over this model's decoder layers."""
+        return ReductionEngine(self.decoder_layers, self.language_model.rotary_emb, schedule, scorer,
+                               positions=positions, attn_implementation=self.text_config._attn_implementation)
+
+    def prepare(self, images: list, questions: list[str]) -> dict:
+        """Processor outputs (left-padded batch) for one image + question per sample, on the model's device."""
+        prompts = [self.prompt_template.format(question=q) for q in questions]
+        batch = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        return {k: v.to(self.device) for k, v in batch.items()}

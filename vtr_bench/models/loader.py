@@ -1,0 +1,86 @@
+"""Load a model adapter from a ``conf/model/*.yaml`` node: bundled tiny checkpoints, random builders, HF repos."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from vtr_bench.errors import ConfigError, ModelLoadError
+from vtr_bench.models.base import VLMAdapter
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+FAMILIES = ("llava",)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _hub_hint(repo_id: str) -> str:
+    return (f"download it where the hub is reachable (huggingface-cli download {repo_id}) and set "
+            f"model.path=/local/dir, or run with hub.offline=false; on a CPU machine use model=tiny_llava")
+
+
+def resolve_checkpoint(cfg) -> str | None:
+    """The local directory (or hub id) to load from; raises a one-line ModelLoadError when it is unavailable.
+
+    Order: ``model.path`` (must exist), then ``model.asset`` (bundled in the package), then ``model.repo_id``
+    (from the local HF cache when ``HF_HUB_OFFLINE=1``, else from the hub). None means: build from config.
+    """
+    if cfg.get("path"):
+        path = Path(str(cfg.path)).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.path {path} has no config.json (missing checkpoint directory)")
+        return str(path)
+    if cfg.get("asset"):
+        path = ASSETS / str(cfg.asset)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"bundled checkpoint {path} is missing; rebuild it with `make tiny-models`")
+        return str(path)
+    repo_id = cfg.get("repo_id")
+    if not repo_id:
+        return None
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(repo_id), "config.json", revision=cfg.get("revision"))
+        if not isinstance(cached, str):
+            raise ModelLoadError(f"{repo_id} is not in the local HF cache and the hub is offline: {_hub_hint(repo_id)}")
+    return str(repo_id)
+
+
+def _build_random(cfg):
+    from vtr_bench.models import tiny
+
+    builders = {"tiny_llava": tiny.build_tiny_llava}
+    if cfg.builder not in builders:
+        raise ConfigError(f"unknown model.builder {cfg.builder!r}; known: {sorted(builders)}")
+    return builders[cfg.builder](dict(cfg.get("builder_args") or {}), seed=int(cfg.get("seed", 0)))
+
+
+def load_adapter(cfg, device: str = "cpu") -> VLMAdapter:
+    """Load the model described by ``cfg`` (a model config node) and wrap it in an adapter.
+
+    Raises:
+        ConfigError: unknown family / dtype / builder.
+        ModelLoadError: checkpoint missing or unreachable.
+    """
+    if cfg.family not in FAMILIES:
+        raise ConfigError(f"unknown model family {cfg.family!r}; known: {FAMILIES}")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"unknown model.dtype {cfg.dtype!r}; known: {sorted(DTYPES)}")
+    source = resolve_checkpoint(cfg)
+    if source is None:
+        model, processor = _build_random(cfg)
+    else:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        kwargs = dict(revision=cfg.get("revision"), torch_dtype=DTYPES[cfg.dtype],
+                      attn_implementation=cfg.attn_implementation)
+        try:
+            processor = AutoProcessor.from_pretrained(source, revision=cfg.get("revision"))
+            model = LlavaForConditionalGeneration.from_pretrained(source, **kwargs)
+        except OSError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelLoadError(f"could not load {source}: {first_line}") from error
+        processor.tokenizer.padding_side = "left"
+    model = model.to(device=device, dtype=DTYPES[cfg.dtype]).eval()
+    return VLMAdapter(model, processor, prompt_template=cfg.prompt_template, name=cfg.name)

@@ -1,0 +1,126 @@
+"""Builders for the bundled tiny checkpoints: a word-level tokenizer and random-init tiny LLaVA / InternVL2 models.
+
+The models are small but structurally faithful to the paper's families (CLIP ViT + 2-layer GELU MLP + Llama
+decoder; InternViT + pixel-shuffle MLP + Qwen2 decoder), so the reduction engine exercises the same code paths
+as on the real checkpoints. Trained weights ship in ``vtr_bench/assets/``; see ``vtr_bench.tiny.train``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    GotOcr2ImageProcessor,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2Config,
+)
+
+from vtr_bench.tiny.data import IMAGE_SIZE, vocabulary
+
+PROMPT_TEMPLATE = "USER: <image>\n{question}\nASSISTANT:"
+"""Prompt of every tiny model; ``<image>`` is the model's image placeholder. The target is ``" {answer}</s>"``."""
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<video>")
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+TINY_LLAVA_DEFAULTS = {
+    "image_size": IMAGE_SIZE, "patch_size": 4,
+    "vision_hidden_size": 96, "vision_intermediate_size": 256, "vision_layers": 4, "vision_heads": 4,
+    "hidden_size": 128, "intermediate_size": 384, "num_layers": 8, "num_heads": 4, "num_kv_heads": 4,
+    "max_position_embeddings": 512,
+}
+TINY_INTERNVL2_DEFAULTS = {
+    "image_size": IMAGE_SIZE, "patch_size": 2, "downsample_ratio": 0.5,
+    "vision_hidden_size": 96, "vision_intermediate_size": 256, "vision_layers": 4, "vision_heads": 4,
+    "hidden_size": 128, "intermediate_size": 384, "num_layers": 8, "num_heads": 4, "num_kv_heads": 2,
+    "max_position_embeddings": 512,
+}
+
+
+def build_tokenizer(save_dir: str | Path | None = None, internvl: bool = False) -> PreTrainedTokenizerFast:
+    """Build the deterministic word-level tokenizer of the shapes benchmark.
+
+    Ids 0-4 are ``<pad> <s> </s> <unk> <image>``; with ``internvl`` the InternVL image tokens follow. Text is
+    lower-cased and split on whitespace and punctuation; a ``<s>`` is prepended. Left padding.
+
+    Args:
+        save_dir: if given, the tokenizer is also saved there.
+        internvl: add ``<img> </img> <IMG_CONTEXT> <video>`` and register them as InternVL's image tokens.
+    """
+    specials = list(SPECIAL_TOKENS) + (list(INTERNVL_TOKENS) if internvl else [])
+    vocab = {t: i for i, t in enumerate(specials + vocabulary())}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    extra = {"image_token": "<image>"}
+    if internvl:
+        extra = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                 "video_token": "<video>"}
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", extra_special_tokens=extra, padding_side="left",
+                                  model_input_names=["input_ids", "attention_mask"])  # saved: no token_type_ids
+    if save_dir is not None:
+        tok.save_pretrained(save_dir)
+    return tok
+
+
+def _merged(defaults: dict, cfg: dict | None) -> dict:
+    unknown = set(cfg or {}) - set(defaults)
+    if unknown:
+        raise KeyError(f"unknown tiny-model config keys {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **(cfg or {})}
+
+
+def _seeded_init(model_cls, config, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_cls(config).eval()
+
+
+def build_tiny_llava(cfg: dict | None = None, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Build a random-init LLaVA-1.5-style model (CLIP ViT, GELU MLP projector, Llama decoder) and its processor.
+
+    With the defaults a 48 px image gives (48/4)^2 = 144 image tokens (CLS dropped, features of layer -2).
+
+    Args:
+        cfg: overrides of ``TINY_LLAVA_DEFAULTS``.
+        seed: seed of the weight initialisation (the global RNG state is left untouched).
+    """
+    c = _merged(TINY_LLAVA_DEFAULTS, cfg)
+    tok = build_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=c["vision_hidden_size"], intermediate_size=c["vision_intermediate_size"],
+                              num_hidden_layers=c["vision_layers"], num_attention_heads=c["vision_heads"],
+                              image_size=c["image_size"], patch_size=c["patch_size"], projection_dim=c["hidden_size"])
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+                       num_hidden_layers=c["num_layers"], num_attention_heads=c["num_heads"],
+                       num_key_value_heads=c["num_kv_heads"], max_position_embeddings=c["max_position_embeddings"],
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       tie_word_embeddings=False)
+    n_image = (c["image_size"] // c["patch_size"]) ** 2
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu", image_seq_length=n_image, attn_implementation="sdpa",
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = _seeded_init(LlavaForConditionalGeneration, config, seed)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    image_processor = CLIPImageProcessor(size={"shortest_edge": c["image_size"]},
+                                         crop_size={"height": c["image_size"], "width": c["image_size"]})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=c["patch_size"],
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return model, processor

@@ -1,0 +1,254 @@
+"""The reduction engine: per-instance hooks on the decoder layers of an unmodified HF model.
+
+Usage::
+
+    engine = ReductionEngine(layers, rotary_emb, schedule, scorer, positions="keep")
+    with engine.attached():                      # hooks installed on these layer instances only
+        with engine.request(vision_mask, attention_mask) as ctx:
+            model(...)                           # prefill: layers drop vision tokens per the schedule
+            model(...)                           # decode steps: per-layer masks / positions follow
+        ctx.processed_counts()                   # vision tokens each layer actually processed, per sample
+    # hooks removed here
+
+During prefill a forward pre-hook on layer ``l`` scores and drops vision tokens where the schedule's count falls,
+gathers hidden states / positions / cos-sin / mask with the same indices (:mod:`vtr_bench.reduction.sequence`),
+and hands every later layer the reduced sequence; its KV cache is then shorter. During decoding each layer gets
+an attention mask sized to its own cache and, with ``positions="renumber"``, its own RoPE positions.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from vtr_bench.errors import ConfigError
+from vtr_bench.reduction.schedule import KeepSchedule
+from vtr_bench.reduction.scoring import Scorer, ScoringInputs
+from vtr_bench.reduction.sequence import (
+    SequenceState,
+    attention_mask_4d,
+    gather_hidden,
+    select_vision,
+    shrink,
+)
+
+POSITION_POLICIES = ("keep", "renumber")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class ReductionContext:
+    """Per-request state: the resolved keep counts, the current prefill sequence and the recorded counts.
+
+    Args:
+        schedule: the keep schedule.
+        vision_mask: (batch, seq) True at vision-token positions of the prompt.
+        attention_mask: (batch, seq) 1 for real tokens, 0 for padding.
+    """
+
+    def __init__(self, schedule: KeepSchedule, vision_mask: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.vision_mask = vision_mask.bool()
+        self.attention_mask = attention_mask.bool()
+        n_vision = (self.vision_mask & self.attention_mask).sum(-1).tolist()
+        self.n_vision = n_vision
+        counts = [schedule.counts(n) for n in n_vision]
+        self.keep = torch.tensor(counts, dtype=torch.long, device=vision_mask.device)  # (batch, layers)
+        self.drop_layers = {
+            layer for layer in range(schedule.layers)
+            if any(c[layer] < (c[layer - 1] if layer else n) for c, n in zip(counts, n_vision))
+        }
+        self.calls = 0
+        self.state: SequenceState | None = None
+        self.prefill_overrides: dict | None = None
+        self.stash: torch.Tensor | None = None
+        self.processed: list[torch.Tensor] = []
+        self.layer_valid: list[torch.Tensor] = []
+        self.layer_shift: list[torch.Tensor] = []
+        self.current_counts: torch.Tensor | None = None
+        self.current_shift: torch.Tensor | None = None
+        self._step_cache: dict = {}
+
+    @property
+    def reduces(self) -> bool:
+        """True when some layer drops vision tokens for some sample."""
+        return bool(self.drop_layers)
+
+    def processed_counts(self) -> list[list[int]]:
+        """Vision tokens each layer processed in prefill, per sample: ``[batch][layer]``."""
+        if not self.processed:
+            return []
+        return torch.stack(self.processed, dim=1).tolist()
+
+
+class ReductionEngine:
+    """Drops vision tokens inside the decoder of one model instance, following a keep schedule.
+
+    Args:
+        layers: the decoder layers (Llama/Qwen2-style: ``input_layernorm``, ``self_attn.{q,k}_proj``).
+        rotary_emb: the decoder's rotary embedding module (``rotary_emb(x, position_ids) -> (cos, sin)``).
+        schedule: per-layer keep ratios; its length must equal ``len(layers)``.
+        scorer: ranks vision tokens at dropping layers (may be None for a schedule that never drops).
+        positions: ``"keep"`` (kept tokens keep their RoPE positions) or ``"renumber"`` (contiguous).
+        attn_implementation: the model's attention implementation, ``"sdpa"`` or ``"eager"``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], rotary_emb: nn.Module, schedule: KeepSchedule,
+                 scorer: Scorer | None, positions: str = "keep", attn_implementation: str = "sdpa") -> None:
+        if positions not in POSITION_POLICIES:
+            raise ConfigError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
+        if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attention implementation {attn_implementation!r} is not supported by the engine "
+                f"(use one of {ATTENTION_IMPLEMENTATIONS})"
+            )
+        if schedule.layers != len(layers):
+            raise ConfigError(f"keep schedule has {schedule.layers} layers but the model has {len(layers)}")
+        if scorer is None and not schedule.is_full:
+            raise ConfigError("a schedule that drops tokens needs a scorer")
+        self.layers = list(layers)
+        self.rotary_emb = rotary_emb
+        self.schedule = schedule
+        self.scorer = scorer
+        self.positions = positions
+        self.boolean_masks = attn_implementation == "sdpa"
+        self._handles: list = []
+        self._ctx: ReductionContext | None = None
+
+    @contextmanager
+    def attached(self) -> Iterator["ReductionEngine"]:
+        """Install the hooks on the layers for the duration of the block; always removes them."""
+        if self._handles:
+            raise RuntimeError("engine hooks are already attached")
+        try:
+            for index, layer in enumerate(self.layers):
+                hook = self._make_hook(index)
+                self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+            yield self
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._ctx = None
+
+    @contextmanager
+    def request(self, vision_mask: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[ReductionContext]:
+        """A fresh per-request context (one prefill, then any number of single-token decode steps)."""
+        if not self._handles:
+            raise RuntimeError("attach the engine (engine.attached()) before starting a request")
+        self._ctx = ReductionContext(self.schedule, vision_mask, attention_mask)
+        try:
+            yield self._ctx
+        finally:
+            self._ctx = None
+
+    def _make_hook(self, index: int):
+        def hook(module, args, kwargs):
+            ctx = self._ctx
+            if ctx is None:
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                self._start_call(ctx, hidden, kwargs)
+            if ctx.calls == 1:
+                hidden, overrides = self._prefill_layer(ctx, index, hidden)
+            else:
+                overrides = self._decode_layer(ctx, index, hidden, kwargs)
+            if overrides is None:
+                return None
+            if args:
+                args = (hidden,) + tuple(args[1:])
+            else:
+                kwargs["hidden_states"] = hidden
+            kwargs.update(overrides)
+            return args, kwargs
+
+        return hook
+
+    def _start_call(self, ctx: ReductionContext, hidden: torch.Tensor, kwargs: dict) -> None:
+        ctx.calls += 1
+        ctx._step_cache = {}
+        if ctx.calls == 1:
+            if hidden.shape[1] != ctx.vision_mask.shape[1]:
+                raise RuntimeError(
+                    f"prefill sees {hidden.shape[1]} tokens but the request's vision mask has "
+                    f"{ctx.vision_mask.shape[1]}"
+                )
+            cos, sin = kwargs["position_embeddings"]
+            position_ids = kwargs.get("position_ids")
+            if position_ids is None:
+                position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+            batch = hidden.shape[0]
+            ctx.state = SequenceState.initial(
+                ctx.vision_mask, ctx.attention_mask, position_ids.expand(batch, -1),
+                cos.expand(batch, -1, -1), sin.expand(batch, -1, -1),
+            )
+            ctx.current_counts = ctx.state.vision_counts()
+            ctx.current_shift = torch.zeros(batch, dtype=torch.long, device=hidden.device)
+        elif hidden.shape[1] != 1:
+            raise RuntimeError("after the prefill the engine supports single-token decode steps only")
+
+    def _prefill_layer(self, ctx: ReductionContext, index: int, hidden: torch.Tensor):
+        state = ctx.state
+        if index in ctx.drop_layers:
+            state, hidden = self._drop(ctx, index, hidden)
+            ctx.state = state
+            ctx.current_counts = state.vision_counts()
+            if self.positions == "renumber":
+                ctx.current_shift = ctx.attention_mask.sum(-1) - state.valid.sum(-1)
+            ctx.prefill_overrides = self._overrides(state, hidden, query_len=hidden.shape[1])
+        scorer = self.scorer
+        if scorer is not None and scorer.needs_attention and scorer.source_offset == -1 \
+                and index + 1 in ctx.drop_layers:
+            ctx.stash = hidden
+        ctx.processed.append(ctx.current_counts)
+        ctx.layer_valid.append(state.valid)
+        ctx.layer_shift.append(ctx.current_shift)
+        return hidden, ctx.prefill_overrides
+
+    def _drop(self, ctx: ReductionContext, index: int, hidden: torch.Tensor):
+        state = ctx.state
+        source = max(index + self.scorer.source_offset, 0)
+        source_hidden = hidden if source == index or ctx.stash is None else ctx.stash
+        scores = self.scorer.score(ScoringInputs(index, self.layers[source], source_hidden, state))
+        kept_vision = select_vision(scores, state, ctx.keep[:, index])
+        state, gather_index = shrink(state, ~state.is_vision | kept_vision)
+        hidden = gather_hidden(hidden, gather_index)
+        ctx.stash = None
+        if self.positions == "renumber":
+            position_ids = (state.valid.long().cumsum(-1) - 1).clamp(min=0)
+            cos, sin = self.rotary_emb(hidden, position_ids)
+            state.position_ids, state.cos, state.sin = position_ids, cos, sin
+        return state, hidden
+
+    def _overrides(self, state: SequenceState, hidden: torch.Tensor, query_len: int) -> dict:
+        mask = None
+        if not (self.boolean_masks and state.all_valid):
+            mask = attention_mask_4d(state.valid, query_len, hidden.dtype, self.boolean_masks)
+        return {
+            "attention_mask": mask,
+            "position_ids": state.position_ids,
+            "position_embeddings": (state.cos, state.sin),
+            "cache_position": torch.arange(hidden.shape[1], device=hidden.device),
+        }
+
+    def _decode_layer(self, ctx: ReductionContext, index: int, hidden: torch.Tensor, kwargs: dict):
+        if not ctx.reduces:
+            return None
+        cache = ctx._step_cache
+        prefix = ctx.layer_valid[index]
+        key = ("mask", id(prefix))
+        if key not in cache:
+            decoded = torch.ones(prefix.shape[0], ctx.calls - 1, dtype=torch.bool, device=prefix.device)
+            valid = torch.cat([prefix, decoded], dim=1)
+            cache[key] = None if (self.boolean_masks and bool(valid.all())) else \
+                attention_mask_4d(valid, 1, hidden.dtype, self.boolean_masks)
+        overrides = {"attention_mask": cache[key]}
+        if self.positions == "renumber":
+            shift = ctx.layer_shift[index]
+            key = ("rope", id(shift))
+            if key not in cache:
+                position_ids = kwargs["position_ids"] - shift.unsqueeze(-1)
+                cache[key] = (position_ids, self.rotary_emb(hidden, position_ids))
+            overrides["position_ids"], overrides["position_embeddings"] = cache[key]
+        return overrides

@@ -1,0 +1,220 @@
+"""One run: load the model, compile the method to a keep schedule, evaluate through lmms-eval, measure, log.
+
+Shaped like a torchtune recipe: ``BenchmarkRecipe(cfg, run_dir)`` → ``setup()`` → ``evaluate()`` → ``finish()``.
+``run.mode=flops`` instead plans FLOPs from ``conf/model`` dims without loading any weights.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vtr_bench.errors import ConfigError, EvaluationError
+from vtr_bench.methods.base import Method, check_budget
+from vtr_bench.reduction.flops import DecoderDims, flops_report, prefill_macs
+
+RUN_MODES = ("eval", "flops")
+
+
+def instantiate_method(node: DictConfig) -> Method:
+    """Build the method object from its config node (``_target_`` + parameters)."""
+    from hydra.utils import instantiate
+
+    try:
+        method = instantiate(node)
+    except Exception as error:  # noqa: BLE001 - Hydra wraps constructor errors; report their first line
+        cause = error.__cause__ or error
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(f"invalid method config: {str(cause).strip().splitlines()[0]}") from None
+    if not isinstance(method, Method):
+        raise ConfigError(f"method config must build a vtr_bench Method, got {type(method).__name__}")
+    return method
+
+
+def dims_from_config(model_cfg: DictConfig) -> DecoderDims:
+    """Decoder dims of a model from its config node (weights-free)."""
+    d = model_cfg.dims
+    return DecoderDims(layers=int(d.layers), hidden=int(d.hidden), ffn=int(d.ffn), heads=int(d.heads),
+                       kv_heads=int(d.kv_heads))
+
+
+def plan_flops(cfg: DictConfig) -> dict:
+    """FLOPs of the method's schedule from the model's config dims, without loading weights."""
+    dims = dims_from_config(cfg.model)
+    n_vision = int(cfg.flops.vision_tokens or cfg.model.dims.vision_tokens)
+    schedule, _ = instantiate_method(cfg.method).build(dims.layers, cfg.budget, cfg.seed)
+    report = flops_report(schedule.counts(n_vision), n_vision, int(cfg.flops.text_tokens), dims,
+                          ffn=cfg.flops.ffn, gqa=bool(cfg.flops.gqa))
+    return {"model": cfg.model.name, "method": method_name(cfg), "budget_requested": cfg.budget,
+            "ratios": list(schedule.ratios), **report}
+
+
+def method_name(cfg: DictConfig) -> str:
+    """The method's config-group choice (e.g. ``fastv``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices["method"]
+    except ValueError:  # not under a Hydra app (tests composing configs)
+        return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
+
+
+def _metric_table(results: dict) -> dict:
+    table = {}
+    for task, metrics in results.get("results", {}).items():
+        table[task] = {key.split(",")[0]: value for key, value in metrics.items()
+                       if key != "alias" and not key.endswith("_stderr,none") and isinstance(value, (int, float))}
+    return table
+
+
+def _peak_memory_mib(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+class BenchmarkRecipe:
+    """An accuracy + efficiency run of one model × method × benchmark (× budget).
+
+    Args:
+        cfg: the composed config.
+        run_dir: where results.json and the W&B files go.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.method = instantiate_method(cfg.method)
+        check_budget(cfg.budget)
+
+    def setup(self) -> None:
+        """Seed, load the model, compile the method and build the engine."""
+        import torch
+
+        from vtr_bench.models.loader import load_adapter
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.adapter = load_adapter(cfg.model, device=cfg.run.device)
+        layers = len(self.adapter.decoder_layers)
+        self.schedule, scorer = self.method.build(layers, cfg.budget, cfg.seed)
+        self.engine = self.adapter.engine(self.schedule, scorer, positions=cfg.positions)
+
+    def _task_manager(self):
+        from lmms_eval.tasks import TaskManager
+
+        bench = self.cfg.benchmark
+        include = []
+        if bench.local:
+            import importlib
+
+            for task in bench.tasks:
+                try:
+                    module = importlib.import_module(f"vtr_bench.tasks.{task}")
+                except ModuleNotFoundError:
+                    raise ConfigError(f"unknown local task {task!r} (no package vtr_bench.tasks.{task})") from None
+                include.append(str(module.materialize(Path(self.cfg.run.cache_dir) / "tasks")))
+        manager = TaskManager(include_path=include or None, include_defaults=not bench.local, verbosity="ERROR")
+        unknown = [t for t in bench.tasks if t not in manager.all_tasks]
+        if unknown:
+            raise ConfigError(f"lmms-eval does not know task(s) {unknown}")
+        return manager
+
+    def evaluate(self) -> dict:
+        """Run the benchmark's tasks through lmms-eval and return the results dict."""
+        from lmms_eval.evaluator import simple_evaluate
+
+        from vtr_bench.eval.lmms_model import ReducedLMM
+
+        bench = self.cfg.benchmark
+        lm = ReducedLMM(self.adapter, self.engine, batch_size=bench.batch_size,
+                        show_progress=self.cfg.run.show_progress)
+        output = simple_evaluate(model=lm, tasks=list(bench.tasks), task_manager=self._task_manager(),
+                                 limit=bench.limit, bootstrap_iters=0, log_samples=False,
+                                 batch_size=bench.batch_size, random_seed=self.cfg.seed,
+                                 numpy_random_seed=self.cfg.seed, torch_random_seed=self.cfg.seed,
+                                 verbosity="ERROR")
+        if output is None or not lm.records:
+            raise EvaluationError("lmms-eval returned no results (no samples were generated)")
+        return self._results(_metric_table(output), lm.records)
+
+    def _results(self, metrics: dict, records) -> dict:
+        from vtr_bench.eval.lmms_model import latency_summary
+        from vtr_bench.tracking.results import environment_info
+
+        cfg = self.cfg
+        dims = DecoderDims.from_hf_config(self.adapter.text_config)
+        kwargs = dict(ffn=cfg.flops.ffn, gqa=bool(cfg.flops.gqa))
+        macs, macs_full, budgets = [], [], []
+        for r in records:
+            text = r.prompt_tokens - r.n_vision
+            macs.append(prefill_macs(r.processed, text, dims, **kwargs))
+            macs_full.append(prefill_macs([r.n_vision] * dims.layers, text, dims, **kwargs))
+            budgets.append(sum(r.processed) / (dims.layers * r.n_vision) if r.n_vision else 1.0)
+        decode = [s for r in records for s in r.decode_seconds]
+        mean_keep = [statistics.fmean(r.processed[layer] for r in records) for layer in range(dims.layers)]
+        return {
+            "status": "complete",
+            "model": cfg.model.name,
+            "method": method_name(cfg),
+            "method_params": self.method.describe(),
+            "benchmark": cfg.benchmark.name,
+            "positions": cfg.positions,
+            "seed": cfg.seed,
+            "budget_requested": cfg.budget,
+            "budget_achieved": statistics.fmean(budgets),
+            "schedule_ratios": list(self.schedule.ratios),
+            "keep_mean_per_layer": mean_keep,
+            "metrics": metrics,
+            "tflops": statistics.fmean(macs) / 1e12,
+            "tflops_full": statistics.fmean(macs_full) / 1e12,
+            "flops_ratio": sum(macs) / sum(macs_full),
+            "flops_convention": {"ffn": cfg.flops.ffn, "gqa": bool(cfg.flops.gqa), "unit": "TMACs (prefill, LLM)"},
+            "latency": {"prefill": latency_summary([r.prefill_seconds for r in records]),
+                        "decode_per_token": latency_summary(decode)},
+            "peak_memory_mib": _peak_memory_mib(cfg.run.device),
+            "samples": len(records),
+            "environment": environment_info(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Execute one configured run (either mode) and return its results dict."""
+    if cfg.run.mode not in RUN_MODES:
+        raise ConfigError(f"run.mode must be one of {RUN_MODES}, got {cfg.run.mode!r}")
+    if cfg.run.mode == "flops":
+        report = plan_flops(cfg)
+        print(json.dumps(report))
+        return report
+    from vtr_bench.tracking.results import write_json_atomic
+    from vtr_bench.tracking.wandb_logger import make_logger
+
+    recipe = BenchmarkRecipe(cfg, run_dir)
+    recipe.setup()
+    logger = make_logger(cfg.logger.mode, project=cfg.logger.project, save_dir=run_dir,
+                         tags=[cfg.model.name, method_name(cfg), f"budget={cfg.budget}"],
+                         name=f"{cfg.model.name}-{method_name(cfg)}-{cfg.budget}")
+    try:
+        logger.start(OmegaConf.to_container(cfg, resolve=True))
+        results = recipe.evaluate()
+        write_json_atomic(run_dir / "results.json", results)
+        logger.log_metrics({k: results[k] for k in ("budget_achieved", "tflops", "flops_ratio", "latency",
+                                                    "peak_memory_mib", "samples")} | {"metrics": results["metrics"]})
+        logger.log_table("keep_schedule", ["layer", "ratio", "mean_kept_tokens"],
+                         [[i, r, k] for i, (r, k) in enumerate(zip(results["schedule_ratios"],
+                                                                   results["keep_mean_per_layer"]))])
+    finally:
+        logger.finish()
+    summary = {task: m for task, m in results["metrics"].items()}
+    print(json.dumps({"run_dir": str(run_dir), "metrics": summary, "budget_achieved": results["budget_achieved"],
+                      "flops_ratio": results["flops_ratio"]}))
+    return results

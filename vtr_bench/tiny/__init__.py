@@ -1,0 +1,1 @@
+"""Synthetic shapes data and CPU training of the bundled tiny checkpoints."""

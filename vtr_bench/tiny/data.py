@@ -1,0 +1,232 @@
+"""Deterministic synthetic "shapes" benchmark: coloured shapes on a 3x3 grid with short-answer questions.
+
+Every sample is a pure function of ``(split, index, attempt)``: its random generator is seeded with that string,
+so generating a split twice gives identical images and questions. The ``train`` split is unbounded (a stream);
+``search`` and ``test`` are fixed lists. A train sample whose (scene, question) pair also occurs in ``search`` or
+``test``, or a search sample found in ``test``, is redrawn with the next ``attempt``, so splits never overlap and
+every split cycles exactly through the question types.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+from PIL import Image, ImageDraw
+
+DATA_VERSION = "1"  # bump whenever generation changes: it names the materialised cache folder
+IMAGE_SIZE = 48
+GRID = 3
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (235, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+ROWS = ("top", "middle", "bottom")
+COLS = ("left", "center", "right")
+QUESTION_TYPES = ("count", "color", "shape", "position", "exist")
+MAX_OBJECTS = 5
+CAPTION_QUESTION = "Describe the image."
+BACKGROUND = (245, 245, 245)
+
+SPLIT_SIZES = {"test": 500, "search": 300}
+
+# Every word the questions, answers and captions can contain (lower-cased), plus prompt words and digits.
+_FIXED_WORDS = (
+    "user assistant how many objects are there what color is the object in cell shape which row column "
+    "a describe image at yes no"
+).split()
+PUNCTUATION = (":", "?", ".", ",")
+DIGITS = tuple(str(i) for i in range(10))
+
+
+def vocabulary() -> list[str]:
+    """Return the sorted, de-duplicated word list of the benchmark (no special tokens)."""
+    words = set(_FIXED_WORDS) | set(COLORS) | set(SHAPES) | set(PLURALS.values()) | set(ROWS) | set(COLS)
+    return sorted(words) + list(PUNCTUATION) + list(DIGITS)
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One shape in a grid cell; ``size``/``dx``/``dy`` jitter its rendering in pixels of a 48 px canvas."""
+
+    row: int
+    col: int
+    color: str
+    shape: str
+    size: int
+    dx: int
+    dy: int
+
+
+def render(objects: tuple[Obj, ...], image_size: int = IMAGE_SIZE) -> Image.Image:
+    """Draw the scene as an RGB image of ``image_size`` pixels (coordinates are scaled from 48 px)."""
+    scale = image_size / IMAGE_SIZE
+    img = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    cell = IMAGE_SIZE / GRID
+    for o in objects:
+        cx = (o.col + 0.5) * cell + o.dx
+        cy = (o.row + 0.5) * cell + o.dy
+        h = o.size / 2
+        box = [(cx - h) * scale, (cy - h) * scale, (cx + h) * scale - 1, (cy + h) * scale - 1]
+        fill = COLORS[o.color]
+        if o.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif o.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+    return img
+
+
+def caption(objects: tuple[Obj, ...]) -> str:
+    """Caption listing every object in reading order, e.g. ``"2 objects : a red circle at top left , ..."``."""
+    parts = [f"a {o.color} {o.shape} at {ROWS[o.row]} {COLS[o.col]}" for o in sorted(objects, key=lambda o: (o.row, o.col))]
+    noun = "object" if len(objects) == 1 else "objects"
+    return f"{len(objects)} {noun} : " + " , ".join(parts) + " ."
+
+
+def _random_objects(rng: random.Random, n: int, attrs: list[tuple[str, str]] | None = None) -> tuple[Obj, ...]:
+    """Place ``n`` objects in distinct random cells; ``attrs`` optionally fixes their (color, shape) pairs."""
+    cells = rng.sample(range(GRID * GRID), n)
+    objs = []
+    for i, c in enumerate(cells):
+        color, shape = attrs[i] if attrs else (rng.choice(list(COLORS)), rng.choice(SHAPES))
+        objs.append(Obj(c // GRID, c % GRID, color, shape, rng.randint(9, 13), rng.randint(-1, 1), rng.randint(-1, 1)))
+    return tuple(objs)
+
+
+def _count_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
+    variant = rng.choice(("all", "color", "shape"))
+    if variant == "all":
+        n = rng.randint(1, MAX_OBJECTS)
+        return _random_objects(rng, n), "How many objects are there?", str(n)
+    k = rng.randint(0, 4)
+    n = rng.randint(max(k, 1), MAX_OBJECTS)
+    if variant == "color":
+        target = rng.choice(list(COLORS))
+        others = [c for c in COLORS if c != target]
+        attrs = [(target if i < k else rng.choice(others), rng.choice(SHAPES)) for i in range(n)]
+        question = f"How many {target} objects are there?"
+    else:
+        target = rng.choice(SHAPES)
+        others = [s for s in SHAPES if s != target]
+        attrs = [(rng.choice(list(COLORS)), target if i < k else rng.choice(others)) for i in range(n)]
+        question = f"How many {PLURALS[target]} are there?"
+    rng.shuffle(attrs)
+    return _random_objects(rng, n, attrs), question, str(k)
+
+
+def _color_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
+    objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
+    o = rng.choice(objs)
+    return objs, f"What color is the object in the {ROWS[o.row]} {COLS[o.col]} cell?", o.color
+
+
+def _shape_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
+    objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
+    o = rng.choice(objs)
+    return objs, f"What shape is in the {ROWS[o.row]} {COLS[o.col]} cell?", o.shape
+
+
+def _position_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
+    while True:
+        objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
+        o = rng.choice(objs)
+        if sum((p.color, p.shape) == (o.color, o.shape) for p in objs) == 1:
+            break
+    if rng.random() < 0.5:
+        return objs, f"Which row is the {o.color} {o.shape} in?", ROWS[o.row]
+    return objs, f"Which column is the {o.color} {o.shape} in?", COLS[o.col]
+
+
+def _exist_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
+    objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
+    present = {(o.color, o.shape) for o in objs}
+    if rng.random() < 0.5:
+        color, shape = rng.choice(sorted(present))
+        answer = "yes"
+    else:
+        color, shape = rng.choice(sorted({(c, s) for c in COLORS for s in SHAPES} - present))
+        answer = "no"
+    return objs, f"Is there a {color} {shape}?", answer
+
+
+_MAKERS = {"count": _count_question, "color": _color_question, "shape": _shape_question,
+           "position": _position_question, "exist": _exist_question}
+
+
+def make_sample(split: str, index: int, attempt: int = 0) -> dict:
+    """Build sample ``index`` of ``split`` as a dict (id, qtype, question, answer, caption, objects; no image).
+
+    The question type is ``QUESTION_TYPES[index % 5]``, so every split is balanced across types; ``attempt``
+    redraws the sample with another seed.
+    """
+    rng = random.Random(f"{split}/{index}/{attempt}")
+    qtype = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+    objs, question, answer = _MAKERS[qtype](rng)
+    return {"id": f"{split}-{index}", "qtype": qtype, "question": question, "answer": answer,
+            "caption": caption(objs), "objects": objs}
+
+
+def sample_key(sample: dict) -> tuple:
+    """Identity of an (image, question) pair: the rendered image is a pure function of the objects."""
+    return (tuple(sorted(sample["objects"], key=lambda o: (o.row, o.col))), sample["question"])
+
+
+def _draw(split: str, index: int, exclude: set) -> dict:
+    attempt = 0
+    while sample_key(s := make_sample(split, index, attempt)) in exclude:
+        attempt += 1
+    return s
+
+
+_CACHE: dict[str, list[dict]] = {}
+
+
+def split_samples(split: str) -> list[dict]:
+    """Return the fixed ``test`` (500) or ``search`` (300) split; search excludes pairs found in test."""
+    if split not in _CACHE:
+        if split == "test":
+            exclude = set()
+        elif split == "search":
+            exclude = {sample_key(s) for s in split_samples("test")}
+        else:
+            raise ValueError(f"unknown fixed split {split!r}; use 'test' or 'search' (train is iter_train())")
+        _CACHE[split] = [_draw(split, i, exclude) for i in range(SPLIT_SIZES[split])]
+    return _CACHE[split]
+
+
+def iter_train(start: int = 0) -> Iterator[dict]:
+    """Yield train samples from index ``start`` on, none sharing an (image, question) pair with search or test."""
+    exclude = {sample_key(s) for split in ("test", "search") for s in split_samples(split)}
+    for index in itertools.count(start):
+        yield _draw("train", index, exclude)
+
+
+def baselines(samples: list[dict], train_size: int = 20_000) -> dict[str, float]:
+    """Accuracy of blind baselines on ``samples``, fitted on the first ``train_size`` train samples.
+
+    ``majority``: always the most frequent training answer. ``type_majority``: the most frequent training answer of
+    the question's type. ``text_only``: the most frequent training answer for the exact question text (falling back
+    to the type's majority), i.e. the best a model can do from the question alone.
+    """
+    overall: Counter = Counter()
+    by_type: dict[str, Counter] = {}
+    by_question: dict[str, Counter] = {}
+    it = iter_train()
+    for _ in range(train_size):
+        s = next(it)
+        overall[s["answer"]] += 1
+        by_type.setdefault(s["qtype"], Counter())[s["answer"]] += 1
+        by_question.setdefault(s["question"], Counter())[s["answer"]] += 1
+    top = overall.most_common(1)[0][0]
+    hits = {"majority": 0, "type_majority": 0, "text_only": 0}
+    for s in samples:
+        hits["majority"] += top == s["answer"]
+        hits["type_majority"] += by_type[s["qtype"]].most_common(1)[0][0] == s["answer"]
+        guess = (by_question.get(s["question"]) or by_type[s["qtype"]]).most_common(1)[0][0]
+        hits["text_only"] += guess == s["answer"]
+    return {k: v / len(samples) for k, v in hits.items()}
