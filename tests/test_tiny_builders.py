@@ -73,3 +73,26 @@ def test_tiny_llava_save_load_round_trip(llava, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(**b1).logits, model2(**b2).logits)
     assert model2.config.text_config._attn_implementation == "sdpa"
+
+
+def test_tiny_internvl2_tokens_and_round_trip(tmp_path):
+    from vtr_bench.models.tiny import TinyInternVLProcessor, build_tiny_internvl2, load_tiny
+
+    model, processor = build_tiny_internvl2()
+    assert type(processor) is TinyInternVLProcessor
+    text = model.config.text_config
+    assert text.model_type == "qwen2" and text.num_hidden_layers >= 8 and text._attn_implementation == "sdpa"
+    batch = _batch(processor)
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values"} and batch["pixel_values"].shape[0] == 2
+    ids = batch["input_ids"][0].tolist()
+    start = ids.index(processor.start_image_token_id)
+    assert ids[start + 1:start + 145] == [model.config.image_token_id] * 144
+    assert ids[start + 145] == processor.end_image_token_id and model.config.image_seq_length == 144
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    model2, processor2 = load_tiny(tmp_path)
+    assert type(processor2) is TinyInternVLProcessor
+    batch2 = _batch(processor2)
+    assert all(torch.equal(batch[k], batch2[k]) for k in batch)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model2(**batch2).logits)

@@ -1,0 +1,72 @@
+"""The command line: bad input gives one clear line and a non-zero exit; runs write their files."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*overrides, out_dir, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+           "HF_HOME": str(out_dir / "hf"), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "vtr_bench", f"run.out_dir={out_dir}", *overrides],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=out_dir)
+
+
+def assert_one_clear_error(result, expected):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert expected in result.stderr, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.startswith("vtr_bench: error:")]
+    assert len(ours) <= 1
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model=nope"], "Could not find 'model/nope'"),
+    (["method=nope"], "Could not find 'method/nope'"),
+    (["budget=0", "method=fastv"], "vtr_bench: error: budget must be in (0, 1]"),
+    (["budget=1.5", "method=fastv"], "vtr_bench: error: budget must be in (0, 1]"),
+    (["budget=abc", "method=fastv"], "vtr_bench: error: budget must be a number in (0, 1], got 'abc'"),
+    (["method=full", "budget=0.5"], "vtr_bench: error: method 'full' takes no budget"),
+    (["method=schedule", "method.ratios=[1,0.5,0.7,0.5,0.5,0.5,0.5,0.5]"],
+     "vtr_bench: error: keep schedule must be non-increasing with depth: layer 2 keeps 0.7 > layer 1 keeps 0.5"),
+    (["model=llava15_7b"], "vtr_bench: error: llava-hf/llava-1.5-7b-hf is not in the local HF cache"),
+    (["model.path=/nonexistent/ckpt"], "vtr_bench: error: model.path /nonexistent/ckpt has no config.json"),
+])
+def test_bad_input_gives_one_clear_line(tmp_path, overrides, expected):
+    assert_one_clear_error(run_cli(*overrides, out_dir=tmp_path), expected)
+
+
+def test_flops_mode_runs_without_weights(tmp_path):
+    result = run_cli("run.mode=flops", "model=llava15_7b", "method=fastv", "method.k=2", "method.r=0.5",
+                     "flops.ffn=fastv", "flops.text_tokens=36", out_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["keep"] == [576] * 2 + [288] * 30
+    assert report["budget"] == pytest.approx((2 * 576 + 30 * 288) / (32 * 576))
+    d, m = 4096, 11008
+    cost = lambda n: 4 * n * d * d + 2 * n * n * d + 2 * n * d * m  # noqa: E731  FastV's formula
+    assert report["tflops_full"] == pytest.approx(32 * cost(612) / 1e12)
+    assert report["flops_ratio"] == pytest.approx((2 * cost(612) + 30 * cost(324)) / (32 * cost(612)))
+
+
+def test_fastv_run_end_to_end_writes_results_and_wandb(tmp_path):
+    result = run_cli("method=fastv", "budget=0.5", "benchmark.limit=6", "run.show_progress=false",
+                     out_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [results_file] = list(tmp_path.glob("tiny_random_llava/fastv/*/results.json"))
+    results = json.loads(results_file.read_text())
+    assert results["status"] == "complete" and results["samples"] == 6
+    assert results["method"] == "fastv" and results["budget_requested"] == 0.5
+    layers = len(results["schedule_ratios"])
+    assert results["keep_mean_per_layer"] == [144.0] * 2 + [round(144 * (1 - 0.5 * layers / (layers - 2)))] * (layers - 2)
+    assert abs(results["budget_achieved"] - 0.5) <= 1 / 144
+    assert 0 < results["flops_ratio"] < 1
+    assert set(results["metrics"]["shapes"]) >= {"exact_match"}
+    assert results["latency"]["prefill"]["median_ms"] > 0
+    assert results["environment"]["packages"]["torch"].startswith("2.13.0")
+    assert list(results_file.parent.glob("wandb/offline-run-*/run-*.wandb"))
