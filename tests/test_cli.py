@@ -10,10 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*overrides, out_dir, timeout=600):
+def run_cli(*overrides, out_dir, flags=(), timeout=600):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
            "HF_HOME": str(out_dir / "hf"), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "vtr_bench", f"run.out_dir={out_dir}", *overrides],
+    return subprocess.run([sys.executable, "-m", "vtr_bench", *flags, f"run.out_dir={out_dir}", *overrides],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=out_dir)
 
 
@@ -67,6 +67,18 @@ def test_fastv_run_end_to_end_writes_results_and_wandb(tmp_path):
     assert abs(results["budget_achieved"] - 0.5) <= 1 / 144
     assert 0 < results["flops_ratio"] < 1
     assert set(results["metrics"]["shapes"]) >= {"exact_match"}
+    assert results["kv_cache_bytes"] < results["kv_cache_bytes_full"] and results["vision_tower_tflops_per_image"] > 0
     assert results["latency"]["prefill"]["median_ms"] > 0
     assert results["environment"]["packages"]["torch"].startswith("2.13.0")
     assert list(results_file.parent.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_multirun_and_cfg_job(tmp_path):
+    result = run_cli("run.mode=flops", "model=llava15_7b", "method=fastv", "budget=0.5,0.25",
+                     f"hydra.sweep.dir={tmp_path}/sweep", out_dir=tmp_path, flags=["-m"])
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["budget_requested"] for r in reports] == [0.5, 0.25]
+    assert [abs(r["budget"] - r["budget_requested"]) <= 1 / 576 for r in reports] == [True, True]
+    shown = run_cli("method=fastv", "budget=0.5", out_dir=tmp_path, flags=["--cfg", "job"])
+    assert shown.returncode == 0 and "budget: 0.5" in shown.stdout and "_target_: vtr_bench.methods.FastV" in shown.stdout

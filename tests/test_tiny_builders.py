@@ -96,3 +96,22 @@ def test_tiny_internvl2_tokens_and_round_trip(tmp_path):
     assert all(torch.equal(batch[k], batch2[k]) for k in batch)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, model2(**batch2).logits)
+
+
+def test_training_batch_labels_only_the_target(llava):
+    import random
+
+    from vtr_bench.tiny.train import make_batch
+
+    model, processor = llava
+    tok = processor.tokenizer
+    samples = data.split_samples("search")[:4]
+    batch = make_batch(processor, samples, caption_share=0.0, rng=random.Random(0))
+    for i, s in enumerate(samples):
+        labelled = batch["labels"][i][batch["labels"][i] != -100].tolist()
+        assert labelled == [tok.convert_tokens_to_ids(s["answer"]), tok.eos_token_id]
+        assert batch["input_ids"][i, 0] == tok.bos_token_id  # right padding: the prompt starts at position 0
+    captions = make_batch(processor, samples, caption_share=1.0, rng=random.Random(0))
+    assert tok.decode(captions["labels"][0][captions["labels"][0] != -100][:-1]) == samples[0]["caption"]
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)

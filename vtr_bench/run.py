@@ -13,9 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vtr_bench.errors import ConfigError, EvaluationError
-from vtr_bench.methods.base import Method, check_budget
-from vtr_bench.reduction.flops import DecoderDims, flops_report, prefill_macs
+from vtr_bench.errors import ConfigError
+from vtr_bench.methods.base import Method
+from vtr_bench.reduction.flops import DecoderDims, flops_report, kv_cache_bytes, prefill_macs
 
 RUN_MODES = ("eval", "flops")
 
@@ -64,14 +64,6 @@ def method_name(cfg: DictConfig) -> str:
         return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
 
 
-def _metric_table(results: dict) -> dict:
-    table = {}
-    for task, metrics in results.get("results", {}).items():
-        table[task] = {key.split(",")[0]: value for key, value in metrics.items()
-                       if key != "alias" and not key.endswith("_stderr,none") and isinstance(value, (int, float))}
-    return table
-
-
 def _peak_memory_mib(device: str) -> float:
     import torch
 
@@ -93,7 +85,7 @@ class BenchmarkRecipe:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.method = instantiate_method(cfg.method)
-        check_budget(cfg.budget)
+        self.method.check(cfg.budget)
 
     def setup(self) -> None:
         """Seed, load the model, compile the method and build the engine."""
@@ -108,43 +100,16 @@ class BenchmarkRecipe:
         self.schedule, scorer = self.method.build(layers, cfg.budget, cfg.seed)
         self.engine = self.adapter.engine(self.schedule, scorer, positions=cfg.positions)
 
-    def _task_manager(self):
-        from lmms_eval.tasks import TaskManager
-
-        bench = self.cfg.benchmark
-        include = []
-        if bench.local:
-            import importlib
-
-            for task in bench.tasks:
-                try:
-                    module = importlib.import_module(f"vtr_bench.tasks.{task}")
-                except ModuleNotFoundError:
-                    raise ConfigError(f"unknown local task {task!r} (no package vtr_bench.tasks.{task})") from None
-                include.append(str(module.materialize(Path(self.cfg.run.cache_dir) / "tasks")))
-        manager = TaskManager(include_path=include or None, include_defaults=not bench.local, verbosity="ERROR")
-        unknown = [t for t in bench.tasks if t not in manager.all_tasks]
-        if unknown:
-            raise ConfigError(f"lmms-eval does not know task(s) {unknown}")
-        return manager
-
     def evaluate(self) -> dict:
         """Run the benchmark's tasks through lmms-eval and return the results dict."""
-        from lmms_eval.evaluator import simple_evaluate
+        from vtr_bench.eval.evaluate import evaluate_tasks
 
-        from vtr_bench.eval.lmms_model import ReducedLMM
-
-        bench = self.cfg.benchmark
-        lm = ReducedLMM(self.adapter, self.engine, batch_size=bench.batch_size,
-                        show_progress=self.cfg.run.show_progress)
-        output = simple_evaluate(model=lm, tasks=list(bench.tasks), task_manager=self._task_manager(),
-                                 limit=bench.limit, bootstrap_iters=0, log_samples=False,
-                                 batch_size=bench.batch_size, random_seed=self.cfg.seed,
-                                 numpy_random_seed=self.cfg.seed, torch_random_seed=self.cfg.seed,
-                                 verbosity="ERROR")
-        if output is None or not lm.records:
-            raise EvaluationError("lmms-eval returned no results (no samples were generated)")
-        return self._results(_metric_table(output), lm.records)
+        bench, run_cfg = self.cfg.benchmark, self.cfg.run
+        metrics, records = evaluate_tasks(self.adapter, self.engine, list(bench.tasks), local=bench.local,
+                                          cache_dir=run_cfg.cache_dir, limit=bench.limit,
+                                          batch_size=bench.batch_size, seed=self.cfg.seed,
+                                          show_progress=run_cfg.show_progress)
+        return self._results(metrics, records)
 
     def _results(self, metrics: dict, records) -> dict:
         from vtr_bench.eval.lmms_model import latency_summary
@@ -153,11 +118,14 @@ class BenchmarkRecipe:
         cfg = self.cfg
         dims = DecoderDims.from_hf_config(self.adapter.text_config)
         kwargs = dict(ffn=cfg.flops.ffn, gqa=bool(cfg.flops.gqa))
-        macs, macs_full, budgets = [], [], []
+        value_bytes = next(self.adapter.model.parameters()).element_size()
+        macs, macs_full, budgets, kv_bytes, kv_bytes_full = [], [], [], [], []
         for r in records:
-            text = r.prompt_tokens - r.n_vision
+            text, full = r.prompt_tokens - r.n_vision, [r.n_vision] * dims.layers
             macs.append(prefill_macs(r.processed, text, dims, **kwargs))
-            macs_full.append(prefill_macs([r.n_vision] * dims.layers, text, dims, **kwargs))
+            macs_full.append(prefill_macs(full, text, dims, **kwargs))
+            kv_bytes.append(kv_cache_bytes(r.processed, text, dims, bytes_per_value=value_bytes))
+            kv_bytes_full.append(kv_cache_bytes(full, text, dims, bytes_per_value=value_bytes))
             budgets.append(sum(r.processed) / (dims.layers * r.n_vision) if r.n_vision else 1.0)
         decode = [s for r in records for s in r.decode_seconds]
         mean_keep = [statistics.fmean(r.processed[layer] for r in records) for layer in range(dims.layers)]
@@ -177,6 +145,9 @@ class BenchmarkRecipe:
             "tflops": statistics.fmean(macs) / 1e12,
             "tflops_full": statistics.fmean(macs_full) / 1e12,
             "flops_ratio": sum(macs) / sum(macs_full),
+            "vision_tower_tflops_per_image": self.adapter.vision_tower_macs() / 1e12,
+            "kv_cache_bytes": statistics.fmean(kv_bytes),
+            "kv_cache_bytes_full": statistics.fmean(kv_bytes_full),
             "flops_convention": {"ffn": cfg.flops.ffn, "gqa": bool(cfg.flops.gqa), "unit": "TMACs (prefill, LLM)"},
             "latency": {"prefill": latency_summary([r.prefill_seconds for r in records]),
                         "decode_per_token": latency_summary(decode)},

@@ -38,12 +38,16 @@ class Method:
         """The scorer used at dropping layers."""
         raise NotImplementedError
 
-    def build(self, layers: int, budget, seed: int = 0) -> tuple[KeepSchedule, Scorer | None]:
-        """Validate ``budget`` and return (schedule, scorer)."""
+    def check(self, budget) -> float | None:
+        """Validate ``budget`` for this method (before any model is loaded); returns it as a float or None."""
         budget = check_budget(budget)
         if budget is not None and not self.takes_budget:
             raise ConfigError(f"method {self.name!r} takes no budget (got budget={budget})")
-        return self.schedule(layers, budget), self.scorer(seed)
+        return budget
+
+    def build(self, layers: int, budget, seed: int = 0) -> tuple[KeepSchedule, Scorer | None]:
+        """Validate ``budget`` and return (schedule, scorer)."""
+        return self.schedule(layers, self.check(budget)), self.scorer(seed)
 
     def describe(self) -> dict:
         """The method's parameters, for results files."""

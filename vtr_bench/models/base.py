@@ -53,6 +53,14 @@ class VLMAdapter:
         """Device of the model parameters."""
         return next(self.model.parameters()).device
 
+    def vision_tower_macs(self) -> float:
+        """MACs of one image through the vision tower (ViT formula, DESIGN §4), all its layers."""
+        from vtr_bench.reduction.flops import vision_tower_macs
+
+        vision = self.model.config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2 + 1  # + class token
+        return vision_tower_macs(patches, vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers)
+
     def vision_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """True at the vision-token positions of ``input_ids``."""
         return input_ids == self.image_token_id
