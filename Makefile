@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install run test flops tiny-models clean
+.PHONY: help install run test flops bench report wandb-sync tiny-models clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,15 @@ test: $(STAMP)  ## the fast test suite
 
 flops: $(STAMP)  ## weights-free FLOPs plan, e.g. make flops ARGS="model=llava15_7b method=fastv method.r=0.5"
 	$(PY) -m vtr_bench run.mode=flops $(ARGS)
+
+bench: $(STAMP)  ## efficiency benchmark on the synthetic CPU model -> benchmarks/results/bench.{json,md,png}
+	$(PY) -m vtr_bench.bench --model synthetic_cpu --out benchmarks/results $(ARGS)
+
+report: $(STAMP)  ## table + plots from the run directories -> runs/report/
+	$(PY) -m vtr_bench.report --runs runs --out runs/report
+
+wandb-sync: $(STAMP)  ## upload offline W&B runs (needs a W&B login and network)
+	find runs -type d -name 'offline-run-*' -exec $(VENV)/bin/wandb sync {} +
 
 tiny-models: $(STAMP)  ## retrain the bundled tiny checkpoints on CPU
 	$(PY) -m vtr_bench.tiny.train --all

@@ -7,6 +7,7 @@ gives clean prefill / per-token decode timings (DESIGN §4).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,7 @@ class GenerationOutput:
     decode_seconds: list[float] = field(default_factory=list)
     processed_counts: list[list[int]] = field(default_factory=list)
     n_vision: list[int] = field(default_factory=list)
+    kv_cache_bytes: int = 0
 
 
 def _sync(device: torch.device) -> None:
@@ -32,21 +34,21 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def greedy_generate(model: torch.nn.Module, engine: ReductionEngine, inputs: dict, vision_mask: torch.Tensor,
+def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inputs: dict, vision_mask: torch.Tensor,
                     max_new_tokens: int, eos_token_ids: set[int]) -> GenerationOutput:
     """Greedy-decode a left-padded batch through ``model`` with ``engine`` attached.
 
     Args:
         model: an HF vision-language model (forward takes input_ids, pixel_values, attention_mask,
             position_ids, past_key_values, cache_position, logits_to_keep).
-        engine: the reduction engine, already attached to ``model``'s decoder layers.
+        engine: the reduction engine, already attached to ``model``'s decoder layers (None: the unmodified model).
         inputs: processor outputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...).
         vision_mask: (batch, seq) True at vision-token positions.
         max_new_tokens: maximum number of generated tokens.
         eos_token_ids: ids that end a sample's generation.
 
     Returns:
-        The generated ids per sample and the timings.
+        The generated ids per sample, the timings and the KV-cache size right after the prefill.
     """
     attention_mask = inputs["attention_mask"]
     device = attention_mask.device
@@ -56,7 +58,8 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine, inputs: dic
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     decode_seconds: list[float] = []
-    with engine.request(vision_mask, attention_mask) as ctx:
+    request = engine.request(vision_mask, attention_mask) if engine is not None else nullcontext()
+    with request as ctx:
         _sync(device)
         start = time.perf_counter()
         out = model(**inputs, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
@@ -64,6 +67,7 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine, inputs: dic
         next_token = out.logits[:, -1].argmax(-1)
         _sync(device)
         prefill_seconds = time.perf_counter() - start
+        kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         eos = torch.tensor(sorted(eos_token_ids), device=device)
         for step in range(max_new_tokens):
             done_now = torch.isin(next_token, eos)
@@ -80,4 +84,6 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine, inputs: dic
             next_token = out.logits[:, -1].argmax(-1)
             _sync(device)
             decode_seconds.append(time.perf_counter() - start)
-    return GenerationOutput(tokens, prefill_seconds, decode_seconds, ctx.processed_counts(), ctx.n_vision)
+    if ctx is None:
+        return GenerationOutput(tokens, prefill_seconds, decode_seconds, kv_cache_bytes=kv_bytes)
+    return GenerationOutput(tokens, prefill_seconds, decode_seconds, ctx.processed_counts(), ctx.n_vision, kv_bytes)

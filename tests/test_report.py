@@ -1,0 +1,39 @@
+"""`make report` builds its table and plots from run directories alone."""
+import json
+
+from vtr_bench.report import build_report, pareto_front
+from vtr_bench.tracking.results import write_json_atomic
+
+
+def _write_run(root, model, method, budget, acc, tflops, status="complete"):
+    run = root / model / method / f"b{budget}"
+    achieved = 1.0 if budget is None else budget
+    write_json_atomic(run / "results.json", {
+        "status": status, "model": model, "method": method, "budget_requested": budget, "budget_achieved": achieved,
+        "metrics": {"shapes": {"exact_match": acc, "exact_match_count": 0.1}}, "tflops": tflops,
+        "flops_ratio": tflops / 2.0, "latency": {"prefill": {"median_ms": 10.0 * achieved}},
+        "schedule_ratios": [1.0, achieved, achieved],
+    })
+
+
+def test_report_table_and_plots(tmp_path):
+    _write_run(tmp_path, "tiny", "full", None, 0.9, 2.0)
+    _write_run(tmp_path, "tiny", "fastv", 0.5, 0.8, 1.1)
+    _write_run(tmp_path, "tiny", "random", 0.5, 0.7, 1.1)
+    _write_run(tmp_path, "tiny", "random", 0.25, 0.6, 0.6, status="running")  # incomplete: left out
+    (tmp_path / "tiny" / "broken").mkdir()
+    (tmp_path / "tiny" / "broken" / "results.json").write_text("{half")
+    report = build_report(tmp_path, tmp_path / "report")
+    assert [(r["method"], r["average"]) for r in report["rows"]] == [
+        ("fastv", 0.8), ("full", 0.9), ("random", 0.7)]
+    table = (tmp_path / "report" / "report.md").read_text().splitlines()
+    assert table[0].split(" | ")[4] == "shapes"
+    assert "| tiny | fastv | 0.5 | 0.500 | 0.800 | 0.800 | 1.1 | 0.550 | 5.0 |" in table
+    for name in ("pareto.png", "schedules.png", "accuracy_vs_budget.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(json.loads((tmp_path / "report" / "report.json").read_text())) == 3
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    assert pareto_front([(2.0, 0.9), (1.1, 0.8), (1.1, 0.7), (1.5, 0.75), (0.5, 0.5)]) == [
+        (0.5, 0.5), (1.1, 0.8), (2.0, 0.9)]

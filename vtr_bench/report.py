@@ -1,0 +1,162 @@
+"""`make report`: a markdown table and PNG plots built from the run directories alone (no W&B needed).
+
+    python -m vtr_bench.report [--runs runs] [--out runs/report]
+
+Reads every complete ``results.json`` under ``--runs`` and writes ``report.md`` (accuracy per task, average,
+TFLOPs, FLOPs ratio, prefill latency, achieved budget), ``pareto.png`` (accuracy vs TFLOPs, Pareto front per
+model), ``schedules.png`` (per-layer keep ratios of each method and budget) and ``accuracy_vs_budget.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PRIMARY_METRICS = ("exact_match", "accuracy", "acc", "mme_percetion_score", "gpt_eval_score")
+
+
+def primary_metric(metrics: dict) -> float | None:
+    """The headline score of one task's metric table (first of PRIMARY_METRICS present, else the first value)."""
+    for name in PRIMARY_METRICS:
+        if name in metrics:
+            return float(metrics[name])
+    return float(next(iter(metrics.values()))) if metrics else None
+
+
+def collect(runs_dir: Path) -> list[dict]:
+    """Complete results under ``runs_dir`` as flat rows (one per run), sorted by model, method, budget."""
+    rows = []
+    for path in sorted(runs_dir.rglob("results.json")):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if results.get("status") != "complete":
+            continue
+        scores = {task: primary_metric(m) for task, m in results.get("metrics", {}).items()}
+        scores = {task: s for task, s in scores.items() if s is not None}
+        rows.append({
+            "run_dir": str(path.parent), "model": results["model"], "method": results["method"],
+            "budget": results.get("budget_requested"), "budget_achieved": results["budget_achieved"],
+            "scores": scores, "average": sum(scores.values()) / len(scores) if scores else None,
+            "tflops": results["tflops"], "flops_ratio": results["flops_ratio"],
+            "prefill_ms": results["latency"]["prefill"]["median_ms"], "ratios": results["schedule_ratios"],
+        })
+    rows.sort(key=lambda r: (r["model"], r["method"], -(r["budget_achieved"])))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results table in markdown."""
+    tasks = sorted({t for r in rows for t in r["scores"]})
+    head = ["model", "method", "budget", "achieved", *tasks, "average", "TFLOPs", "FLOPs ratio", "prefill ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        cells = [r["model"], r["method"], fmt(r["budget"], ".3g"), fmt(r["budget_achieved"], ".3f"),
+                 *[fmt(r["scores"].get(t), ".3f") for t in tasks], fmt(r["average"], ".3f"),
+                 fmt(r["tflops"], ".4g"), fmt(r["flops_ratio"], ".3f"), fmt(r["prefill_ms"], ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by a cheaper-or-equal, more accurate one (cost ascending)."""
+    front, best = [], float("-inf")
+    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if score > best:
+            front.append((cost, score))
+            best = score
+    return front
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    """Write the three report plots; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if r["average"] is not None]
+    models = sorted({r["model"] for r in scored})
+    methods = sorted({r["method"] for r in rows})
+    paths = []
+
+    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5.5 * max(1, len(models)), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in scored if r["model"] == model]
+        for method in methods:
+            pts = [(r["tflops"], r["average"]) for r in mine if r["method"] == method]
+            if pts:
+                ax.scatter(*zip(*pts), label=method)
+        front = pareto_front([(r["tflops"], r["average"]) for r in mine])
+        ax.plot(*zip(*front), "k--", lw=1, label="Pareto front")
+        ax.set(title=model, xlabel="prefill TFLOPs (LLM)", ylabel="average accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "pareto.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in rows:
+        ax.plot(range(len(r["ratios"])), r["ratios"], marker=".",
+                label=f"{r['model']} {r['method']} b={r['budget_achieved']:.2f}")
+    ax.set(xlabel="decoder layer", ylabel="keep ratio", title="keep schedules", ylim=(0, 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    paths.append(out / "schedules.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for model in models:
+        for method in methods:
+            pts = sorted((r["budget_achieved"], r["average"]) for r in scored
+                         if r["model"] == model and r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{model} {method}")
+    ax.set(xlabel="achieved budget (mean keep ratio)", ylabel="average accuracy", title="accuracy vs budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "accuracy_vs_budget.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def build_report(runs_dir: Path, out: Path) -> dict:
+    """Collect, tabulate and plot; returns ``{"rows": ..., "files": [...]}``."""
+    rows = collect(runs_dir)
+    if not rows:
+        raise FileNotFoundError(f"no complete results.json under {runs_dir}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(rows))
+    (out / "report.json").write_text(json.dumps(rows, indent=1))
+    files = [out / "report.md", out / "report.json", *plots(rows, out)]
+    return {"rows": rows, "files": [str(f) for f in files]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description="Build runs/report from the run directories.")
+    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--out", default=None, help="default: <runs>/report")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    try:
+        report = build_report(runs, Path(args.out) if args.out else runs / "report")
+    except FileNotFoundError as error:
+        print(f"vtr_bench.report: error: {error}", file=sys.stderr)
+        return 2
+    print(markdown(report["rows"]))
+    print("wrote " + ", ".join(report["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
