@@ -6,16 +6,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models are fastest on one thread, and a loaded 2-core machine makes multi-threaded tiny ops ~100x slower;
+# subprocesses (CLI tests) inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 IMAGE_TOKEN = 5
 PAD = 0
 
 
-def make_random_llava(layers: int = 6, attn: str = "sdpa", seed: int = 0):
-    """A tiny LLaVA (CLIP-style ViT, 16 image tokens, Llama decoder with GQA) in float32, eval mode."""
+def make_random_llava(layers: int = 6, attn: str = "sdpa", seed: int = 0, image_size: int = 16):
+    """A tiny LLaVA (CLIP-style ViT, (image_size/4)² image tokens: 16 by default, Llama decoder with GQA) in
+    float32, eval mode."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -23,7 +29,7 @@ def make_random_llava(layers: int = 6, attn: str = "sdpa", seed: int = 0):
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                        pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=16, patch_size=4, projection_dim=32)
+                              image_size=image_size, patch_size=4, projection_dim=32)
     config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=IMAGE_TOKEN,
                          vision_feature_layer=-1, vision_feature_select_strategy="default")
     config._attn_implementation = attn

@@ -19,8 +19,8 @@ def _prefill_logits(adapter, ids, mask, pixel_values, engine=None, positions_fro
             return adapter.model(**kwargs).logits, ctx
 
 
-def _eager_last_row_attention(adapter, layer_index, hidden, cos, sin):
-    """HF's own eager attention weights of the last query row, mean over heads (the oracle)."""
+def _eager_attention(adapter, layer_index, hidden, cos, sin):
+    """HF's own eager attention weights (batch 1), mean over heads: (queries, keys) (the oracle)."""
     layer = adapter.decoder_layers[layer_index]
     config = layer.self_attn.config
     previous, config._attn_implementation = config._attn_implementation, "eager"
@@ -31,19 +31,32 @@ def _eager_last_row_attention(adapter, layer_index, hidden, cos, sin):
                                      attention_mask=causal)
     finally:
         config._attn_implementation = previous
-    return weights.mean(1)[0, -1]
+    return weights.mean(1)[0]
+
+
+def _prompt_embeddings(adapter, ids, pixel_values):
+    """The decoder's input embeddings of a batch-1 prompt (image features scattered in) and its vision mask."""
+    model = adapter.model
+    embeds = model.model.get_input_embeddings()(ids)
+    features = model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
+                                              vision_feature_select_strategy="default")
+    features = torch.cat(features, 0) if isinstance(features, (list, tuple)) else features
+    vision = adapter.vision_mask(ids)[0]
+    return embeds.masked_scatter(vision[None, :, None].expand_as(embeds), features.reshape(-1)), vision
+
+
+def _run_layer(adapter, layer, hidden, pos):
+    """One decoder layer on a batch-1 sequence with RoPE positions ``pos``, no mask (causal), no cache."""
+    cos, sin = adapter.language_model.rotary_emb(hidden, pos)
+    hidden = layer(hidden, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
+    return hidden[0] if isinstance(hidden, tuple) else hidden
 
 
 def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positions, seed=0):
     """Slow reference: decoder layers run by hand on explicitly gathered tokens (batch 1, no cache)."""
     model, lm = adapter.model, adapter.language_model
     with torch.no_grad():
-        embeds = model.model.get_input_embeddings()(ids)
-        features = model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
-                                                  vision_feature_select_strategy="default")
-        features = torch.cat(features, 0) if isinstance(features, (list, tuple)) else features
-        vision = adapter.vision_mask(ids)[0]
-        embeds = embeds.masked_scatter(vision[None, :, None].expand_as(embeds), features.reshape(-1))
+        embeds, vision = _prompt_embeddings(adapter, ids, pixel_values)
         n_vision = int(vision.sum())
         counts = schedule.counts(n_vision)
         hidden, pos = embeds, torch.arange(ids.shape[1])[None]
@@ -59,7 +72,7 @@ def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positio
                     source = hidden if (scorer_kind == "pdrop" or previous_input is None) else previous_input
                     cos, sin = lm.rotary_emb(source, pos)
                     source_layer = index if scorer_kind == "pdrop" else max(index - 1, 0)
-                    scores = _eager_last_row_attention(adapter, source_layer, source, cos, sin)
+                    scores = _eager_attention(adapter, source_layer, source, cos, sin)[-1]
                 vis_idx = is_vision.nonzero().flatten()
                 top = vis_idx[scores[vis_idx].float().argsort(descending=True, stable=True)[: counts[index]]]
                 keep = torch.cat([(~is_vision).nonzero().flatten(), top]).sort().values
@@ -68,10 +81,7 @@ def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positio
                 if positions == "renumber":
                     pos = torch.arange(hidden.shape[1])[None]
             previous_input = hidden
-            cos, sin = lm.rotary_emb(hidden, pos)
-            hidden = layer(hidden, attention_mask=None, position_ids=pos, position_embeddings=(cos, sin))
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
+            hidden = _run_layer(adapter, layer, hidden, pos)
         return model.lm_head(lm.norm(hidden))[:, -1]
 
 
@@ -124,6 +134,12 @@ def test_batch_with_padding_equals_single_runs(tiny_llava, pixel_values, positio
     adapter = VLMAdapter(tiny_llava)
     rows = [make_prompt(2, 3, seed=1), make_prompt(5, 9, seed=2)]
     engine = adapter.engine(SCHEDULES["pyramid"], LastTokenAttention(-1), positions=positions)
+    assert_batch_equals_single_runs(adapter, engine, rows, pixel_values)
+
+
+def assert_batch_equals_single_runs(adapter, engine, rows, pixel_values):
+    """A left-padded batch of ``rows`` gives each row's single-run logits and processed counts; returns the
+    batch's processed counts."""
     with engine.attached():
         ids, mask = left_pad(rows)
         batched, ctx = _prefill_logits(adapter, ids, mask, pixel_values, engine)
@@ -132,3 +148,4 @@ def test_batch_with_padding_equals_single_runs(tiny_llava, pixel_values, positio
             single, single_ctx = _prefill_logits(adapter, single_ids, single_mask, pixel_values[i:i + 1], engine)
             torch.testing.assert_close(batched[i, -1], single[0, -1], atol=1e-5, rtol=0)
             assert ctx.processed_counts()[i] == single_ctx.processed_counts()[0]
+    return ctx.processed_counts()

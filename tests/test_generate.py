@@ -28,17 +28,12 @@ class ReplayScorer(Scorer):
         return scores
 
 
-@pytest.mark.parametrize("positions", ["keep", "renumber"])
-@pytest.mark.parametrize("inner", [LastTokenAttention(-1), RandomScorer(3)], ids=["fastv", "random"])
-def test_cached_decode_equals_rerun_prefill(tiny_llava, pixel_values, positions, inner):
-    adapter = VLMAdapter(tiny_llava)
-    scorer = ReplayScorer(inner)
-    schedule = KeepSchedule((1, 1, 0.5, 0.5, 0.25, 0.25))
-    engine = adapter.engine(schedule, scorer, positions=positions)
-    ids, mask = left_pad([make_prompt(3, 4, seed=5)])
-    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values[:1]}
+def assert_cached_decode_equals_rerun(model, adapter, engine, scorer, ids, pixel_values):
+    """Greedy decoding through the reduced KV cache picks the tokens that re-running the reduced prefill picks
+    (``scorer.replay`` is set for the re-runs)."""
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixel_values}
     with engine.attached():
-        out = greedy_generate(tiny_llava, engine, inputs, adapter.vision_mask(ids), max_new_tokens=6,
+        out = greedy_generate(model, engine, inputs, adapter.vision_mask(ids), max_new_tokens=6,
                               eos_token_ids={-1})
         assert len(out.tokens[0]) == 6 and len(out.decode_seconds) == 5
         scorer.replay = True
@@ -46,11 +41,22 @@ def test_cached_decode_equals_rerun_prefill(tiny_llava, pixel_values, positions,
         for step, token in enumerate(out.tokens[0]):
             full_ids, full_mask = left_pad([prompt])
             with torch.no_grad(), engine.request(adapter.vision_mask(full_ids), full_mask):
-                logits = tiny_llava(input_ids=full_ids, attention_mask=full_mask, pixel_values=pixel_values[:1]).logits
+                logits = model(input_ids=full_ids, attention_mask=full_mask, pixel_values=pixel_values).logits
             # (with positions=renumber, decode positions continue from each layer's own cache length, which a
             # re-run prefill reproduces too)
             assert int(logits[0, -1].argmax()) == token, f"step {step}"
             prompt = torch.cat([prompt, torch.tensor([token])])
+
+
+@pytest.mark.parametrize("positions", ["keep", "renumber"])
+@pytest.mark.parametrize("inner", [LastTokenAttention(-1), RandomScorer(3)], ids=["fastv", "random"])
+def test_cached_decode_equals_rerun_prefill(tiny_llava, pixel_values, positions, inner):
+    adapter = VLMAdapter(tiny_llava)
+    scorer = ReplayScorer(inner)
+    schedule = KeepSchedule((1, 1, 0.5, 0.5, 0.25, 0.25))
+    engine = adapter.engine(schedule, scorer, positions=positions)
+    ids, _ = left_pad([make_prompt(3, 4, seed=5)])
+    assert_cached_decode_equals_rerun(tiny_llava, adapter, engine, scorer, ids, pixel_values[:1])
 
 
 def test_batched_generation_equals_single(tiny_llava, pixel_values):

@@ -28,6 +28,8 @@ from vtr_bench.reduction.schedule import KeepSchedule
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_METHODS = ("random", "fastv", "pdrop", "sparsevlm", "psigmoid")
+# P-Sigmoid is benchmarked as one fixed curve (no search): timing depends on the schedule, not on how it was found.
+FIXED_OVERRIDES = {"psigmoid": {"k": 1.0, "alpha": 2.0}}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -53,7 +55,8 @@ def build_configurations(methods: list[str], budgets: list[float], layers: int, 
         path = CONF / "method" / f"{name}.yaml"
         if not path.is_file():
             raise VtrError(f"unknown method {name!r} (no {path})")
-        method = instantiate_method(OmegaConf.load(path))
+        node = OmegaConf.merge(OmegaConf.load(path), FIXED_OVERRIDES.get(name, {}))
+        method = instantiate_method(node)
         for budget in budgets:
             schedule, scorer = method.build(layers, budget, seed)
             configurations.append({"method": name, "budget": budget, "schedule": schedule, "scorer": scorer,

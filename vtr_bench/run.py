@@ -17,7 +17,7 @@ from vtr_bench.errors import ConfigError
 from vtr_bench.methods.base import Method
 from vtr_bench.reduction.flops import DecoderDims, flops_report, kv_cache_bytes, prefill_macs
 
-RUN_MODES = ("eval", "flops")
+RUN_MODES = ("eval", "flops", "rank_stability")
 
 
 def instantiate_method(node: DictConfig) -> Method:
@@ -97,7 +97,12 @@ class BenchmarkRecipe:
         torch.manual_seed(cfg.seed)
         self.adapter = load_adapter(cfg.model, device=cfg.run.device)
         layers = len(self.adapter.decoder_layers)
-        self.schedule, scorer = self.method.build(layers, cfg.budget, cfg.seed)
+        self.objective = None
+        if self.method.needs_objective:
+            from vtr_bench.search.objective import objective_from_config
+
+            self.objective = objective_from_config(cfg, self.adapter, self.method.scorer(cfg.seed), self.run_dir)
+        self.schedule, scorer = self.method.build(layers, cfg.budget, cfg.seed, objective=self.objective)
         self.engine = self.adapter.engine(self.schedule, scorer, positions=cfg.positions)
 
     def evaluate(self) -> dict:
@@ -166,6 +171,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         report = plan_flops(cfg)
         print(json.dumps(report))
         return report
+    if cfg.run.mode == "rank_stability":
+        from vtr_bench.search.rank import rank_stability
+
+        return rank_stability(cfg, run_dir)
     from vtr_bench.tracking.results import write_json_atomic
     from vtr_bench.tracking.wandb_logger import make_logger
 
@@ -176,6 +185,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                          name=f"{cfg.model.name}-{method_name(cfg)}-{cfg.budget}")
     try:
         logger.start(OmegaConf.to_container(cfg, resolve=True))
+        if recipe.objective is not None:
+            from vtr_bench.search.report import record_search
+
+            record_search(recipe.method, recipe.objective, cfg.search.schedules_dir, run_dir, logger)
         results = recipe.evaluate()
         write_json_atomic(run_dir / "results.json", results)
         logger.log_metrics({k: results[k] for k in ("budget_achieved", "tflops", "flops_ratio", "latency",

@@ -25,10 +25,12 @@ class Method:
     Attributes:
         name: the method's config name.
         takes_budget: whether a ``budget`` may be given.
+        needs_objective: whether the schedule is searched on search data (``build`` then needs an objective).
     """
 
     name = "base"
     takes_budget = True
+    needs_objective = False
 
     def schedule(self, layers: int, budget: float | None) -> KeepSchedule:  # pragma: no cover - interface
         """The keep schedule for a decoder of ``layers`` layers under ``budget`` (None: the method's own)."""
@@ -45,8 +47,15 @@ class Method:
             raise ConfigError(f"method {self.name!r} takes no budget (got budget={budget})")
         return budget
 
-    def build(self, layers: int, budget, seed: int = 0) -> tuple[KeepSchedule, Scorer | None]:
-        """Validate ``budget`` and return (schedule, scorer)."""
+    def build(self, layers: int, budget, seed: int = 0, objective=None) -> tuple[KeepSchedule, Scorer | None]:
+        """Validate ``budget`` and return (schedule, scorer).
+
+        Args:
+            layers: number of decoder layers.
+            budget: mean keep ratio, or None.
+            seed: seed of random scorers and searches.
+            objective: search accuracy of a schedule (``schedule -> float``); used by search methods only.
+        """
         return self.schedule(layers, self.check(budget)), self.scorer(seed)
 
     def describe(self) -> dict:

@@ -10,7 +10,7 @@ from vtr_bench.errors import ConfigError, ModelLoadError
 from vtr_bench.models.base import VLMAdapter
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-FAMILIES = ("llava",)
+FAMILIES = ("llava", "llava_next", "internvl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,10 +47,23 @@ def resolve_checkpoint(cfg) -> str | None:
     return str(repo_id)
 
 
+def _classes(family: str):
+    """(model class, processor class) of a family; InternVL's processor is the one without a video processor."""
+    import transformers
+
+    from vtr_bench.models.tiny import TinyInternVLProcessor
+
+    return {
+        "llava": (transformers.LlavaForConditionalGeneration, transformers.AutoProcessor),
+        "llava_next": (transformers.LlavaNextForConditionalGeneration, transformers.AutoProcessor),
+        "internvl": (transformers.InternVLForConditionalGeneration, TinyInternVLProcessor),
+    }[family]
+
+
 def _build_random(cfg):
     from vtr_bench.models import tiny
 
-    builders = {"tiny_llava": tiny.build_tiny_llava}
+    builders = {"tiny_llava": tiny.build_tiny_llava, "tiny_internvl2": tiny.build_tiny_internvl2}
     if cfg.builder not in builders:
         raise ConfigError(f"unknown model.builder {cfg.builder!r}; known: {sorted(builders)}")
     return builders[cfg.builder](dict(cfg.get("builder_args") or {}), seed=int(cfg.get("seed", 0)))
@@ -71,13 +84,13 @@ def load_adapter(cfg, device: str = "cpu") -> VLMAdapter:
     if source is None:
         model, processor = _build_random(cfg)
     else:
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
+        model_class, processor_class = _classes(cfg.family)
         kwargs = dict(revision=cfg.get("revision"), torch_dtype=DTYPES[cfg.dtype],
                       attn_implementation=cfg.attn_implementation)
         try:
-            processor = AutoProcessor.from_pretrained(source, revision=cfg.get("revision"))
-            model = LlavaForConditionalGeneration.from_pretrained(source, **kwargs)
+            # use_fast=False: the fast image processors need torchvision, which this environment leaves out
+            processor = processor_class.from_pretrained(source, revision=cfg.get("revision"), use_fast=False)
+            model = model_class.from_pretrained(source, **kwargs)
         except OSError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelLoadError(f"could not load {source}: {first_line}") from error

@@ -10,10 +10,12 @@ Usage::
         ctx.processed_counts()                   # vision tokens each layer actually processed, per sample
     # hooks removed here
 
-During prefill a forward pre-hook on layer ``l`` scores and drops vision tokens where the schedule's count falls,
-gathers hidden states / positions / cos-sin / mask with the same indices (:mod:`vtr_bench.reduction.sequence`),
-and hands every later layer the reduced sequence; its KV cache is then shorter. During decoding each layer gets
-an attention mask sized to its own cache and, with ``positions="renumber"``, its own RoPE positions.
+During prefill a forward pre-hook on layer ``l`` reduces the vision tokens where the schedule's count falls: the
+scorer says which to keep and which groups to merge into their mean (a merged token counts as one vision token),
+and one step gathers hidden states / positions / cos-sin / mask with the same indices
+(:func:`vtr_bench.reduction.sequence.reduce_sequence`), handing every later layer the reduced sequence; its KV
+cache is then shorter. During decoding each layer gets an attention mask sized to its own cache and, with
+``positions="renumber"``, its own RoPE positions.
 """
 from __future__ import annotations
 
@@ -26,13 +28,7 @@ from torch import nn
 from vtr_bench.errors import ConfigError
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import Scorer, ScoringInputs
-from vtr_bench.reduction.sequence import (
-    SequenceState,
-    attention_mask_4d,
-    gather_hidden,
-    select_vision,
-    shrink,
-)
+from vtr_bench.reduction.sequence import SequenceState, attention_mask_4d, reduce_sequence
 
 POSITION_POLICIES = ("keep", "renumber")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -60,6 +56,8 @@ class ReductionContext:
         }
         self.calls = 0
         self.state: SequenceState | None = None
+        self.prompt: SequenceState | None = None
+        self.prompt_hidden: torch.Tensor | None = None
         self.prefill_overrides: dict | None = None
         self.stash: torch.Tensor | None = None
         self.processed: list[torch.Tensor] = []
@@ -88,7 +86,7 @@ class ReductionEngine:
         layers: the decoder layers (Llama/Qwen2-style: ``input_layernorm``, ``self_attn.{q,k}_proj``).
         rotary_emb: the decoder's rotary embedding module (``rotary_emb(x, position_ids) -> (cos, sin)``).
         schedule: per-layer keep ratios; its length must equal ``len(layers)``.
-        scorer: ranks vision tokens at dropping layers (may be None for a schedule that never drops).
+        scorer: decides what reducing layers keep and merge (may be None for a schedule that never drops).
         positions: ``"keep"`` (kept tokens keep their RoPE positions) or ``"renumber"`` (contiguous).
         attn_implementation: the model's attention implementation, ``"sdpa"`` or ``"eager"``.
     """
@@ -183,6 +181,7 @@ class ReductionEngine:
                 ctx.vision_mask, ctx.attention_mask, position_ids.expand(batch, -1),
                 cos.expand(batch, -1, -1), sin.expand(batch, -1, -1),
             )
+            ctx.prompt, ctx.prompt_hidden = ctx.state, hidden
             ctx.current_counts = ctx.state.vision_counts()
             ctx.current_shift = torch.zeros(batch, dtype=torch.long, device=hidden.device)
         elif hidden.shape[1] != 1:
@@ -210,10 +209,9 @@ class ReductionEngine:
         state = ctx.state
         source = max(index + self.scorer.source_offset, 0)
         source_hidden = hidden if source == index or ctx.stash is None else ctx.stash
-        scores = self.scorer.score(ScoringInputs(index, self.layers[source], source_hidden, state))
-        kept_vision = select_vision(scores, state, ctx.keep[:, index])
-        state, gather_index = shrink(state, ~state.is_vision | kept_vision)
-        hidden = gather_hidden(hidden, gather_index)
+        inputs = ScoringInputs(index, self.layers[source], source_hidden, state, current=hidden, prompt=ctx.prompt,
+                               prompt_hidden=ctx.prompt_hidden)
+        state, hidden = reduce_sequence(state, hidden, self.scorer.reduce(inputs, ctx.keep[:, index]))
         ctx.stash = None
         if self.positions == "renumber":
             position_ids = (state.valid.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,10 +1,12 @@
-"""The gather-and-shrink step shared by every method.
+"""The gather-and-merge step shared by every method.
 
 :class:`SequenceState` describes the token sequence a decoder layer sees during prefill: which slots are real
-tokens, which are vision tokens, their original indices, RoPE positions and cos/sin. :func:`select_and_shrink`
-drops vision tokens and gathers every per-token tensor with the same indices; samples of a batch may keep
-different numbers of tokens, so shorter rows are left-padded with masked dummy slots (the last slot of every row
-stays the last prompt token). Later layers' KV caches are then simply shorter.
+tokens, which are vision tokens, their original indices, RoPE positions and cos/sin. A :class:`Reduction` says
+what a layer does to the vision tokens of each sample: keep some as they are and replace groups of others by
+their mean (a merged token counts as one vision token). :func:`reduce_sequence` applies it, gathering every
+per-token tensor with the same indices; samples of a batch may keep different numbers of tokens, so shorter rows
+are left-padded with masked dummy slots (the last slot of every row stays the last prompt token). Later layers'
+KV caches are then simply shorter.
 """
 from __future__ import annotations
 
@@ -70,6 +72,24 @@ class SequenceState:
         )
 
 
+@dataclass
+class Reduction:
+    """What a layer does to each sample's vision tokens; vision slots in neither ``kept`` nor a group are dropped.
+
+    Attributes:
+        kept: (batch, seq) vision slots kept as they are.
+        group: (batch, seq) merge group of each slot (-1: none); a sample's groups are ``0..G_b-1``; None when
+            nothing is merged.
+        anchor: (batch, groups) a vision slot (usually a member) per group: the merged token goes right after it in
+            the sequence and takes its position, original index and ordinal; -1 pads the groups a sample does
+            not have. None when nothing is merged.
+    """
+
+    kept: torch.Tensor
+    group: torch.Tensor | None = None
+    anchor: torch.Tensor | None = None
+
+
 def select_vision(scores: torch.Tensor, state: SequenceState, keep: torch.Tensor) -> torch.Tensor:
     """Mark the ``keep[b]`` highest-scoring vision tokens of each sample (ties: earliest token).
 
@@ -94,18 +114,40 @@ def select_vision(scores: torch.Tensor, state: SequenceState, keep: torch.Tensor
     return selected & candidates
 
 
-def shrink(state: SequenceState, keep_mask: torch.Tensor) -> tuple[SequenceState, torch.Tensor]:
-    """Keep the slots in ``keep_mask`` (in original order), right-aligned, dummies on the left.
+def merge_groups(hidden: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
+    """Mean hidden state (batch, groups, dim) of the slots of each group (float32 sums, cast back)."""
+    batch, _, dim = hidden.shape
+    index = torch.where(group >= 0, group, groups)  # non-members go to a spare bin
+    sums = hidden.new_zeros(batch, groups + 1, dim, dtype=torch.float32)
+    sums.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, dim), hidden.float())
+    sizes = torch.zeros(batch, groups + 1, device=hidden.device)
+    sizes.scatter_add_(1, index, torch.ones(index.shape, device=hidden.device))
+    return (sums / sizes.clamp(min=1).unsqueeze(-1))[:, :groups].to(hidden.dtype)
+
+
+def reduce_sequence(state: SequenceState, hidden: torch.Tensor,
+                    reduction: Reduction) -> tuple[SequenceState, torch.Tensor]:
+    """Apply ``reduction``: keep every non-vision token and the kept vision tokens, in original order, with each
+    merged token placed right after its anchor slot; rows are right-aligned, dummies on the left.
 
     Returns:
-        The new state and the (batch, new_seq) gather index into the old sequence, to apply to hidden states.
+        The new state and hidden states (batch, new_seq, dim).
     """
-    keep_mask = keep_mask & state.valid
-    new_len = int(keep_mask.sum(-1).max())
-    # A stable sort of the 0/1 mask puts dropped slots first and kept slots last, each in original order.
-    order = torch.sort(keep_mask.to(torch.int8), dim=-1, stable=True).indices
+    keep = (~state.is_vision | reduction.kept) & state.valid
+    source = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)  # extended slot -> original slot
+    if reduction.anchor is not None and reduction.anchor.shape[1]:
+        present = reduction.anchor >= 0
+        anchor = reduction.anchor.clamp(min=0)
+        hidden = torch.cat([hidden, merge_groups(hidden, reduction.group, anchor.shape[1])], dim=1)
+        keep = torch.cat([keep, present], dim=1)
+        source = torch.cat([source, anchor], dim=1)
+    new_len = int(keep.sum(-1).max())
+    # Sort keys: dropped slots -1 (first), slot s 2s, a merged token 2·anchor+1 (right after its anchor); the
+    # stable sort keeps merged tokens that share an anchor in group order. Kept slots end up right-aligned.
+    order_key = 2 * source + (torch.arange(keep.shape[1], device=keep.device) >= state.valid.shape[1])
+    order = torch.sort(torch.where(keep, order_key, -1), dim=-1, stable=True).indices
     index = order[:, order.shape[1] - new_len:]
-    return state.gather(index, keep_mask.gather(1, index)), index
+    return state.gather(source.gather(1, index), keep.gather(1, index)), gather_hidden(hidden, index)
 
 
 def gather_hidden(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

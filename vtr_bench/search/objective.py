@@ -1,0 +1,239 @@
+"""The search objective: the accuracy of a keep schedule on a search split, cached on disk.
+
+Searches only see a callable ``schedule -> accuracy`` (:data:`~vtr_bench.search.result.Objective`), so tests can
+inject a synthetic objective with a known optimum. :class:`CachedObjective` stores every evaluation as one JSON
+file named by the SHA-256 of its key (written atomically), so a killed search resumes where it stopped and a
+repeated one evaluates nothing; it also appends every call to a JSON-lines trace. :class:`ModelObjective` is the
+real one: the model with the reduction engine, evaluated through lmms-eval on ``search.task`` (never a test task).
+
+Its cache key holds everything that changes the answer: the model fingerprint (hash of the weights, config,
+prompt template and processor), task, split, sample count, seed, metric, batch size, device, positions policy,
+the scorer, and the schedule's *resolved keep counts* for every vision-token count the search samples have (so
+two ratio vectors that round to the same counts share one evaluation; a schedule that drops nothing is keyed
+without a scorer). Task data are assumed immutable under a task name: delete ``search.cache_dir`` after changing
+a task's data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from vtr_bench.errors import ConfigError, EvaluationError
+from vtr_bench.reduction.schedule import KeepSchedule
+from vtr_bench.tracking.results import write_json_atomic
+
+TRACE_FILE = "search_trace.jsonl"
+CACHE_FORMAT = 1
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class CachedObjective:
+    """An objective whose evaluations are cached on disk, one JSON file per key, with a trace of every call.
+
+    Subclasses implement :meth:`key` and :meth:`evaluate`.
+
+    Args:
+        cache_dir: folder of the cache files.
+        trace_path: JSON-lines file that receives one line per call (None: the trace is kept in memory only).
+    """
+
+    def __init__(self, cache_dir: str | Path, trace_path: str | Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.trace_path = Path(trace_path) if trace_path is not None else None
+        self.trace: list[dict] = []
+        self.new_evaluations = 0
+
+    def key(self, schedule: KeepSchedule) -> dict:  # pragma: no cover - interface
+        """A JSON-friendly dict that identifies the evaluation of ``schedule``."""
+        raise NotImplementedError
+
+    def evaluate(self, schedule: KeepSchedule) -> dict:  # pragma: no cover - interface
+        """Evaluate ``schedule``; returns a JSON-friendly dict with at least ``accuracy``."""
+        raise NotImplementedError
+
+    def entry(self, schedule: KeepSchedule) -> dict:
+        """The cached evaluation of ``schedule`` (evaluated and stored first if missing).
+
+        Returns:
+            ``{"key": ..., "accuracy": ..., ...}`` as stored.
+        """
+        start = time.perf_counter()
+        key = {"format": CACHE_FORMAT, **self.key(schedule)}
+        path = self.cache_dir / f"{_digest(key)}.json"
+        entry = self._read(path, key)
+        cached = entry is not None
+        if not cached:
+            entry = {"key": key, **self.evaluate(schedule)}
+            write_json_atomic(path, entry)
+            self.new_evaluations += 1
+        self._record({"eval": len(self.trace), "ratios": list(schedule.ratios), "budget": schedule.budget,
+                      "accuracy": float(entry["accuracy"]), "cached": cached,
+                      "seconds": time.perf_counter() - start})
+        return entry
+
+    def __call__(self, schedule: KeepSchedule) -> float:
+        return float(self.entry(schedule)["accuracy"])
+
+    @staticmethod
+    def _read(path: Path, key: dict) -> dict | None:
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and entry.get("key") == key and "accuracy" in entry else None
+
+    def _record(self, line: dict) -> None:
+        self.trace.append(line)
+        if self.trace_path is not None:
+            self.trace_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.trace_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+
+
+class SyntheticObjective(CachedObjective):
+    """A model-free objective with a known optimum, for tests and dry runs of a search.
+
+    Accuracy is ``1 - mean_l max(0, essential[l] - ratio[l])``: 1 exactly when every layer keeps at least its
+    essential ratio, lower the more is missing (monotone in every layer's ratio).
+
+    Args:
+        essential: the essential keep ratio of each layer.
+        cache_dir: folder of the cache files.
+        trace_path: JSON-lines trace of every call.
+    """
+
+    def __init__(self, essential, cache_dir: str | Path, trace_path: str | Path | None = None) -> None:
+        super().__init__(cache_dir, trace_path)
+        self.essential = [float(e) for e in essential]
+
+    def key(self, schedule: KeepSchedule) -> dict:
+        return {"synthetic": self.essential, "ratios": list(schedule.ratios)}
+
+    def evaluate(self, schedule: KeepSchedule) -> dict:
+        missing = [max(0.0, e - r) for e, r in zip(self.essential, schedule.ratios)]
+        return {"accuracy": 1.0 - sum(missing) / len(missing)}
+
+
+def _without_paths(value):
+    """A config dict without the entries that name where it was loaded from."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k not in ("_name_or_path", "name_or_path")}
+    return value
+
+
+def model_fingerprint(adapter) -> str:
+    """SHA-256 of what decides a model's answers: every state-dict tensor (name, dtype, shape, bytes), the model
+    config (load paths dropped), the prompt template and the processor (image settings, vocabulary).
+
+    Args:
+        adapter: a :class:`~vtr_bench.models.base.VLMAdapter`.
+
+    Returns:
+        The hex digest (computed on the CPU; reads every weight once).
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in adapter.model.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(flat.view(torch.uint8).numpy())
+    processor = adapter.processor
+    image_processor = getattr(processor, "image_processor", None)
+    tokenizer = getattr(processor, "tokenizer", None)
+    extra = {
+        "config": _without_paths(adapter.model.config.to_dict()),
+        "prompt_template": adapter.prompt_template,
+        "image_processor": _without_paths(image_processor.to_dict()) if image_processor is not None else None,
+        "vocab": sorted(tokenizer.get_vocab().items()) if tokenizer is not None else None,
+    }
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def scorer_key(scorer) -> dict | None:
+    """A JSON-friendly description of a scorer: its class and parameters."""
+    if scorer is None:
+        return None
+    return {"class": type(scorer).__name__, **{k: v for k, v in sorted(vars(scorer).items())
+                                               if not k.startswith("_")}}
+
+
+class ModelObjective(CachedObjective):
+    """The search-split accuracy of a schedule: the model with the reduction engine, through lmms-eval.
+
+    Args:
+        adapter: the loaded model.
+        scorer: the method's scorer (ranks tokens at dropping layers).
+        task: lmms-eval task of the search split (one task).
+        local: bundled task package (``vtr_bench.tasks.<local>``) or None for lmms-eval's own tasks.
+        task_cache_dir: where bundled task data are generated (``run.cache_dir``).
+        cache_dir: folder of the evaluation cache.
+        limit: number of search samples (the task's first ones; None: all).
+        metric: the task metric to maximise.
+        positions: position policy of the engine (``keep`` / ``renumber``).
+        batch_size: requests per forward.
+        seed: lmms-eval's seeds.
+        trace_path: JSON-lines trace of every call.
+    """
+
+    def __init__(self, adapter, scorer, task: str, *, local: str | None, task_cache_dir: str | Path,
+                 cache_dir: str | Path, limit: int | None, metric: str, positions: str = "keep",
+                 batch_size: int = 1, seed: int = 0, trace_path: str | Path | None = None) -> None:
+        from vtr_bench.search.data import load_search_samples
+
+        super().__init__(cache_dir, trace_path)
+        self.adapter, self.scorer, self.task, self.local = adapter, scorer, task, local
+        self.task_cache_dir, self.limit, self.metric = task_cache_dir, limit, metric
+        self.positions, self.batch_size, self.seed = positions, int(batch_size), int(seed)
+        split, samples = load_search_samples(task, local, task_cache_dir, limit)
+        self.vision_token_counts = sorted({int(adapter.vision_mask(adapter.prepare([image], [question])["input_ids"])
+                                               .sum()) for image, question in samples})
+        self.layers = len(adapter.decoder_layers)
+        self.provenance = {"model": adapter.name, "model_hash": model_fingerprint(adapter), "task": task,
+                           "split": split, "samples": len(samples), "limit": limit, "metric": metric,
+                           "seed": self.seed, "positions": positions, "batch_size": self.batch_size,
+                           "device": adapter.device.type, "scorer": scorer_key(scorer),
+                           "vision_tokens": self.vision_token_counts}
+
+    def key(self, schedule: KeepSchedule) -> dict:
+        if schedule.layers != self.layers:
+            raise ConfigError(f"keep schedule has {schedule.layers} layers but the model has {self.layers}")
+        counts = {str(n): schedule.counts(n) for n in self.vision_token_counts}
+        drops = any(c != [int(n)] * self.layers for n, c in counts.items())
+        base = {k: v for k, v in self.provenance.items() if k not in ("model", "limit", "scorer", "vision_tokens")}
+        return {**base, "scorer": self.provenance["scorer"] if drops else None, "keep": counts}
+
+    def evaluate(self, schedule: KeepSchedule) -> dict:
+        from vtr_bench.eval.evaluate import evaluate_tasks
+
+        engine = self.adapter.engine(schedule, self.scorer, positions=self.positions)
+        metrics, records = evaluate_tasks(self.adapter, engine, [self.task], local=self.local,
+                                          cache_dir=self.task_cache_dir, limit=self.limit,
+                                          batch_size=self.batch_size, seed=self.seed, show_progress=False)
+        task_metrics = metrics.get(self.task, {})
+        if self.metric not in task_metrics:
+            raise EvaluationError(f"search task {self.task!r} reports no metric {self.metric!r} "
+                                  f"(it reports {sorted(task_metrics)}); set search.metric")
+        return {"accuracy": float(task_metrics[self.metric]), "metrics": task_metrics, "samples": len(records)}
+
+
+def objective_from_config(cfg, adapter, scorer, run_dir: str | Path) -> ModelObjective:
+    """The search objective a run's config describes (``search:`` block), tracing into ``run_dir``.
+
+    Raises:
+        ConfigError: ``search.task`` is one of the benchmark's test tasks.
+    """
+    search = cfg.search
+    if search.task in list(cfg.benchmark.tasks):
+        raise ConfigError(f"search.task={search.task} is a task of benchmark {cfg.benchmark.name}: searches must "
+                          f"never score schedules on test data (use its search split, e.g. shapes_search)")
+    return ModelObjective(adapter, scorer, str(search.task), local=search.local, task_cache_dir=cfg.run.cache_dir,
+                          cache_dir=search.cache_dir, limit=search.limit, metric=str(search.metric),
+                          positions=cfg.positions, batch_size=search.batch_size, seed=cfg.seed,
+                          trace_path=Path(run_dir) / TRACE_FILE)
