@@ -10,11 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*overrides, out_dir, flags=(), timeout=600):
+def run_cli(*overrides, out_dir, flags=(), timeout=600, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
            "HF_HOME": str(out_dir / "hf"), "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "vtr_bench", *flags, f"run.out_dir={out_dir}", *overrides],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=out_dir)
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd or out_dir)
 
 
 def assert_one_clear_error(result, expected):
@@ -36,6 +36,10 @@ def assert_one_clear_error(result, expected):
      "vtr_bench: error: keep schedule must be non-increasing with depth: layer 2 keeps 0.7 > layer 1 keeps 0.5"),
     (["model=llava15_7b"], "vtr_bench: error: llava-hf/llava-1.5-7b-hf is not in the local HF cache"),
     (["model.path=/nonexistent/ckpt"], "vtr_bench: error: model.path /nonexistent/ckpt has no config.json"),
+    (["benchmark=nope"], "Could not find 'benchmark/nope'"),
+    (["benchmark.tasks=[no_such_task]", "benchmark.limit=2"],
+     "vtr_bench: error: lmms-eval does not know task(s) ['no_such_task']"),
+    (["method=fastv", "budget=0.1"], "vtr_bench: error: budget 0.1 is unreachable with k=2 on a 8-layer decoder"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, overrides, expected):
     assert_one_clear_error(run_cli(*overrides, out_dir=tmp_path), expected)
@@ -82,3 +86,60 @@ def test_multirun_and_cfg_job(tmp_path):
     assert [abs(r["budget"] - r["budget_requested"]) <= 1 / 576 for r in reports] == [True, True]
     shown = run_cli("method=fastv", "budget=0.5", out_dir=tmp_path, flags=["--cfg", "job"])
     assert shown.returncode == 0 and "budget: 0.5" in shown.stdout and "_target_: vtr_bench.methods.FastV" in shown.stdout
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"ratios": [1, 1, 0.5', "is not valid JSON"),
+    ('{"ratios": [1, 0.5, 0.75, 0.5, 0.5, 0.5, 0.5, 0.5]}', "must be non-increasing with depth: layer 2 keeps 0.75"),
+    ('{"ratios": [1, 0.5]}', "schedule has 2 layers but the model has 8"),
+    ('{"keep": [1, 0.5]}', "must hold an object with a list 'ratios'"),
+])
+def test_malformed_saved_schedule(tmp_path, content, expected):
+    path = tmp_path / "schedule.json"
+    path.write_text(content)
+    result = run_cli("method=schedule", f"method.path={path}", "benchmark.limit=2", "logger=none", out_dir=tmp_path)
+    assert_one_clear_error(result, expected)
+
+
+def test_unwritable_output_dir(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = run_cli("benchmark.limit=2", "logger=none", out_dir=tmp_path / "a_file" / "runs", cwd=tmp_path)
+    assert_one_clear_error(result, "vtr_bench: error: cannot write the run directory")
+
+
+def test_corrupt_image_in_a_local_task(tmp_path):
+    """A local task whose second image is corrupt: one clear line naming the task and doc, nothing half-written."""
+    from PIL import Image
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    Image.new("RGB", (48, 48), "red").save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    rows = [{"image_path": str(tmp_path / n), "question": "What color is it?", "answer": "red"}
+            for n in ("good.png", "bad.png")]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "utils.py").write_text(
+        "from PIL import Image\n\n\ndef doc_to_visual(doc):\n    return [Image.open(doc['image_path']).convert('RGB')]\n"
+        "\n\ndef process_results(doc, results):\n    return {'exact_match': float(results[0] == doc['answer'])}\n")
+    (tasks / "broken.yaml").write_text(f"""task: broken_images
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {tmp_path / "data.jsonl"}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: question
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 2
+process_results: !function utils.process_results
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""")
+    result = run_cli("benchmark.local=null", "benchmark.tasks=[broken_images]", f"benchmark.include_path=[{tasks}]",
+                     "logger=none", out_dir=tmp_path)
+    assert_one_clear_error(result, "vtr_bench: error: broken_images doc 1: could not load its image: OSError")
+    assert not list(tmp_path.glob("tiny_random_llava/full/*/results.json"))

@@ -9,6 +9,10 @@ class ConfigError(VtrError):
     """A configuration value is invalid (unknown model/method, bad budget, malformed schedule...)."""
 
 
+class InfeasibleBudgetError(ConfigError):
+    """A method cannot reach the requested budget (e.g. FastV below k/L); sweeps record it and go on."""
+
+
 class ScheduleError(ConfigError):
     """A keep schedule is malformed: ratios outside [0, 1], increasing with depth, wrong length."""
 

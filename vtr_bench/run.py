@@ -5,6 +5,7 @@ Shaped like a torchtune recipe: ``BenchmarkRecipe(cfg, run_dir)`` → ``setup()`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import statistics
@@ -60,8 +61,8 @@ def method_name(cfg: DictConfig) -> str:
         from hydra.core.hydra_config import HydraConfig
 
         return HydraConfig.get().runtime.choices["method"]
-    except ValueError:  # not under a Hydra app (tests composing configs)
-        return str(cfg.method._target_).rsplit(".", 1)[-1].lower()
+    except ValueError:  # not under a Hydra app (configs composed by tests or the lmms-eval plugin)
+        return instantiate_method(cfg.method).name
 
 
 def _peak_memory_mib(device: str) -> float:
@@ -113,7 +114,8 @@ class BenchmarkRecipe:
         metrics, records = evaluate_tasks(self.adapter, self.engine, list(bench.tasks), local=bench.local,
                                           cache_dir=run_cfg.cache_dir, limit=bench.limit,
                                           batch_size=bench.batch_size, seed=self.cfg.seed,
-                                          show_progress=run_cfg.show_progress)
+                                          show_progress=run_cfg.show_progress,
+                                          include_path=list(bench.get("include_path") or []))
         return self._results(metrics, records)
 
     def _results(self, metrics: dict, records) -> dict:
@@ -163,14 +165,64 @@ class BenchmarkRecipe:
         }
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Execute one configured run (either mode) and return its results dict."""
+# Config keys that change where or how a run is shown, not what it computes: left out of the run id.
+VOLATILE_KEYS = {"run": ("out_dir", "cache_dir", "show_progress", "force"), "logger": None, "hub": None}
+
+
+def run_id(cfg: DictConfig) -> str:
+    """A deterministic id from the resolved config (budget tag + hash), so a re-run finds its finished results."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key, subkeys in VOLATILE_KEYS.items():
+        if subkeys is None:
+            data.pop(key, None)
+        else:
+            for sub in subkeys:
+                data.get(key, {}).pop(sub, None)
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    tag = "default" if cfg.budget is None else f"b{cfg.budget}"
+    return f"{tag}-{digest}"
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    """``<run.out_dir>/<model>/<method>/<run id>`` (``rank_stability`` runs under the method ``rank_stability``)."""
+    method = "rank_stability" if cfg.run.mode == "rank_stability" else method_name(cfg)
+    return Path(cfg.run.out_dir) / str(cfg.model.name) / method / run_id(cfg)
+
+
+def _prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Finished results when this run is already complete (and not forced); else make the dir and save the config."""
+    from vtr_bench.tracking.results import is_complete, load_results
+
+    if is_complete(run_dir) and not cfg.run.force:
+        print(f"vtr_bench: skipped {run_dir}: already complete (run.force=true recomputes)", file=sys.stderr)
+        return load_results(run_dir)
+    if (run_dir / "config.yaml").exists():
+        print(f"vtr_bench: re-running incomplete run {run_dir}", file=sys.stderr)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    except OSError as error:
+        raise ConfigError(f"cannot write the run directory {run_dir}: {error.strerror or error}") from None
+    return None
+
+
+def run(cfg: DictConfig, group: str | None = None) -> dict:
+    """Execute one configured run (any mode) and return its results dict.
+
+    Args:
+        cfg: the composed config.
+        group: W&B group (the sweep's name in a multirun).
+    """
     if cfg.run.mode not in RUN_MODES:
         raise ConfigError(f"run.mode must be one of {RUN_MODES}, got {cfg.run.mode!r}")
     if cfg.run.mode == "flops":
         report = plan_flops(cfg)
         print(json.dumps(report))
         return report
+    run_dir = run_directory(cfg)
+    finished = _prepare_run_dir(cfg, run_dir)
+    if finished is not None:
+        return finished
     if cfg.run.mode == "rank_stability":
         from vtr_bench.search.rank import rank_stability
 
@@ -180,9 +232,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     recipe = BenchmarkRecipe(cfg, run_dir)
     recipe.setup()
-    logger = make_logger(cfg.logger.mode, project=cfg.logger.project, save_dir=run_dir,
-                         tags=[cfg.model.name, method_name(cfg), f"budget={cfg.budget}"],
-                         name=f"{cfg.model.name}-{method_name(cfg)}-{cfg.budget}")
+    name = method_name(cfg)
+    logger = make_logger(cfg.logger.mode, project=cfg.logger.project, save_dir=run_dir, group=group,
+                         tags=[cfg.model.name, name, f"budget={cfg.budget}"],
+                         name=f"{cfg.model.name}-{name}-{cfg.budget}")
     try:
         logger.start(OmegaConf.to_container(cfg, resolve=True))
         if recipe.objective is not None:

@@ -11,7 +11,8 @@ from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.engine import ReductionEngine
 
 
-def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path):
+def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
+                 include_path: Sequence[str] = ()):
     """An lmms-eval TaskManager that knows ``tasks``.
 
     Args:
@@ -19,20 +20,21 @@ def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path)
         local: name of a bundled task package (``vtr_bench.tasks.<local>``, materialised into ``cache_dir``), or
             None for lmms-eval's own tasks.
         cache_dir: where bundled task data is generated.
+        include_path: extra folders of task YAMLs (your own local tasks).
 
     Raises:
         ConfigError: unknown local package or task name.
     """
     from lmms_eval.tasks import TaskManager
 
-    include = None
+    include = [str(Path(p).resolve()) for p in include_path]
     if local:
         try:
             package = importlib.import_module(f"vtr_bench.tasks.{local}")
         except ModuleNotFoundError:
             raise ConfigError(f"unknown local task package {local!r} (no vtr_bench.tasks.{local})") from None
-        include = str(package.materialize(Path(cache_dir) / "tasks"))
-    manager = TaskManager(include_path=include, include_defaults=not local, verbosity="ERROR")
+        include.append(str(package.materialize(Path(cache_dir) / "tasks")))
+    manager = TaskManager(include_path=include or None, include_defaults=not local, verbosity="ERROR")
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"lmms-eval does not know task(s) {unknown}")
@@ -50,7 +52,7 @@ def metric_table(results: dict) -> dict:
 
 def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence[str], *, local: str | None,
                    cache_dir: str | Path, limit: int | None = None, batch_size: int = 1, seed: int = 0,
-                   show_progress: bool = True) -> tuple[dict, list[SampleRecord]]:
+                   show_progress: bool = True, include_path: Sequence[str] = ()) -> tuple[dict, list[SampleRecord]]:
     """Run ``tasks`` through lmms-eval with the reduced model.
 
     Returns:
@@ -62,7 +64,8 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
     from lmms_eval.evaluator import simple_evaluate
 
     lm = ReducedLMM(adapter, engine, batch_size=batch_size, show_progress=show_progress)
-    output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=task_manager(tasks, local, cache_dir),
+    manager = task_manager(tasks, local, cache_dir, include_path)
+    output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
                              limit=limit, bootstrap_iters=0, log_samples=False, batch_size=batch_size,
                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, verbosity="ERROR")
     if output is None or not lm.records:

@@ -56,7 +56,11 @@ class ReducedLMM(lmms):
         images, questions, gen_kwargs = [], [], batch[0].args[1]
         for request in batch:
             context, _, doc_to_visual, doc_id, task, split = request.args
-            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+            try:
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+            except Exception as error:  # noqa: BLE001 - a corrupt or missing image, named in one line
+                raise EvaluationError(f"{task} doc {doc_id}: could not load its image: "
+                                      f"{type(error).__name__}: {error}") from error
             if len(visuals) != 1:
                 raise EvaluationError(f"{task} doc {doc_id}: expected exactly one image, got {len(visuals)}")
             images.append(visuals[0])

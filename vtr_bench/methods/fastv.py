@@ -6,7 +6,7 @@ the last prompt token pays in layer ``k-1`` (recomputed from that layer's q/k, s
 """
 from __future__ import annotations
 
-from vtr_bench.errors import ConfigError
+from vtr_bench.errors import ConfigError, InfeasibleBudgetError
 from vtr_bench.methods.base import Method
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import LastTokenAttention, RandomScorer, Scorer
@@ -20,7 +20,7 @@ def solve_drop_fraction(budget: float, layers: int, k: int) -> float:
         raise ConfigError(f"k={k} must be smaller than the number of decoder layers ({layers})")
     r = (1 - budget) * layers / (layers - k)
     if r > 1 + 1e-12:
-        raise ConfigError(
+        raise InfeasibleBudgetError(
             f"budget {budget} is unreachable with k={k} on a {layers}-layer decoder: layers before k keep "
             f"every token, so the lowest budget is k/L = {k / layers:.4g}"
         )

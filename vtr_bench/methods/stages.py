@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from vtr_bench.errors import ConfigError
+from vtr_bench.errors import ConfigError, InfeasibleBudgetError
 from vtr_bench.reduction.schedule import KeepSchedule, round_half_up
 
 _BISECTIONS = 200
@@ -45,7 +45,7 @@ def solve_stage_parameter(layers: int, starts: Sequence[int], ratios: Callable[[
     """
     lowest = staged_schedule(layers, starts, ratios(0.0)).budget
     if budget < lowest - 1e-12:
-        raise ConfigError(f"budget {budget} is unreachable: layers before {starts[0]} keep every token, so the "
+        raise InfeasibleBudgetError(f"budget {budget} is unreachable: layers before {starts[0]} keep every token, so the "
                           f"lowest budget of this {layers}-layer schedule is {lowest:.4g}")
     low = 0.0
     for _ in range(_BISECTIONS):
