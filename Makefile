@@ -6,8 +6,14 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
+MODEL ?= tiny_random_llava
+BENCH ?= shapes
+METHODS ?= random,fastv,pdrop,sparsevlm,downsample,psigmoid
+BUDGETS ?= 0.5,0.3,0.125
+TASKS ?=
+SWEEP_ARGS = model=$(MODEL) benchmark=$(BENCH) $(if $(TASKS),benchmark.tasks=[$(TASKS)])
 
-.PHONY: help install run test flops bench report wandb-sync tiny-models clean
+.PHONY: help install run test flops sweep bench report wandb-sync tiny-models clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,10 +32,14 @@ run: $(STAMP)  ## the default job: bundled model on the shapes benchmark (overri
 	$(PY) -m vtr_bench $(ARGS)
 
 test: $(STAMP)  ## the fast test suite
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" $(ARGS)
 
 flops: $(STAMP)  ## weights-free FLOPs plan, e.g. make flops ARGS="model=llava15_7b method=fastv method.r=0.5"
 	$(PY) -m vtr_bench run.mode=flops $(ARGS)
+
+sweep: $(STAMP)  ## full + METHODS x BUDGETS on MODEL / BENCH (or TASKS=a,b); finished runs are skipped on re-run
+	$(PY) -m vtr_bench $(SWEEP_ARGS) method=full $(ARGS)
+	$(PY) -m vtr_bench -m $(SWEEP_ARGS) method=$(METHODS) budget=$(BUDGETS) $(ARGS)
 
 bench: $(STAMP)  ## efficiency benchmark on the synthetic CPU model -> benchmarks/results/bench.{json,md,png}
 	$(PY) -m vtr_bench.bench --model synthetic_cpu --out benchmarks/results $(ARGS)

@@ -18,7 +18,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _SWEEP_FAILURES: list[str] = []
 
 
-def _quiet_environment(cfg: DictConfig) -> None:
+def quiet_environment(cfg: DictConfig) -> None:
+    """Offline hub settings (unless hub.offline=false) and quieter tokenizers / W&B, before heavy imports."""
     if cfg.hub.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -31,7 +32,7 @@ def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    _quiet_environment(cfg)
+    quiet_environment(cfg)
     from vtr_bench.run import run
 
     hydra_cfg = HydraConfig.get()

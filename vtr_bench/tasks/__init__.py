@@ -1,0 +1,1 @@
+"""Bundled local lmms-eval tasks (materialised into a cache folder on first use)."""
