@@ -45,7 +45,7 @@ bench: $(STAMP)  ## efficiency benchmark on the synthetic CPU model -> benchmark
 	$(PY) -m vtr_bench.bench --model synthetic_cpu --out benchmarks/results $(ARGS)
 
 report: $(STAMP)  ## table + plots from the run directories -> runs/report/
-	$(PY) -m vtr_bench.report --runs runs --out runs/report
+	$(PY) -m vtr_bench.report --runs runs --out runs/report $(ARGS)
 
 wandb-sync: $(STAMP)  ## upload offline W&B runs (needs a W&B login and network)
 	find runs -type d -name 'offline-run-*' -exec $(VENV)/bin/wandb sync {} +

@@ -146,16 +146,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build runs/report from the run directories.")
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--out", default=None, help="default: <runs>/report")
+    parser.add_argument("--wandb", default="none", choices=("none", "offline", "online"),
+                        help="also log the table and plots to a W&B run (group 'report')")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
+    out = Path(args.out) if args.out else runs / "report"
     try:
-        report = build_report(runs, Path(args.out) if args.out else runs / "report")
+        report = build_report(runs, out)
     except FileNotFoundError as error:
         print(f"vtr_bench.report: error: {error}", file=sys.stderr)
         return 2
     print(markdown(report["rows"]))
     print("wrote " + ", ".join(report["files"]))
+    if args.wandb != "none":
+        log_to_wandb(report, args.wandb, out)
     return 0
+
+
+def log_to_wandb(report: dict, mode: str, save_dir: Path) -> None:
+    """Upload the report's table and PNG plots to one W&B run (a W&B failure only warns)."""
+    from vtr_bench.tracking.wandb_logger import make_logger
+
+    logger = make_logger(mode, project="vtr_bench", save_dir=save_dir, group="report", name="report")
+    try:
+        logger.start({"runs": len(report["rows"])})
+        columns = ["model", "method", "budget", "budget_achieved", "average", "tflops", "flops_ratio", "prefill_ms"]
+        logger.log_table("results", columns, [[r[c] for c in columns] for r in report["rows"]])
+        for path in report["files"]:
+            if path.endswith(".png"):
+                logger.log_image(Path(path).stem, path)
+    finally:
+        logger.finish()
 
 
 if __name__ == "__main__":
