@@ -71,6 +71,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def _finish(fig, ax, path: Path, legend_size: int = 7, **legend) -> Path:
+    """Grid, legend, tight layout, save as PNG and close; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    for axis in (ax if isinstance(ax, (list, tuple)) else [ax]):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=legend_size, **legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(rows: list[dict], out: Path) -> list[Path]:
     """Write the three report plots; returns their paths."""
     import matplotlib
@@ -81,7 +94,6 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     scored = [r for r in rows if r["average"] is not None]
     models = sorted({r["model"] for r in scored})
     methods = sorted({r["method"] for r in rows})
-    paths = []
 
     fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5.5 * max(1, len(models)), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -93,24 +105,14 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         front = pareto_front([(r["tflops"], r["average"]) for r in mine])
         ax.plot(*zip(*front), "k--", lw=1, label="Pareto front")
         ax.set(title=model, xlabel="prefill TFLOPs (LLM)", ylabel="average accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "pareto.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths = [_finish(fig, list(axes[0][:len(models)]), out / "pareto.png")]
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for r in rows:
         ax.plot(range(len(r["ratios"])), r["ratios"], marker=".",
                 label=f"{r['model']} {r['method']} b={r['budget_achieved']:.2f}")
     ax.set(xlabel="decoder layer", ylabel="keep ratio", title="keep schedules", ylim=(0, 1.05))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    paths.append(out / "schedules.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_finish(fig, ax, out / "schedules.png", legend_size=6, ncol=2))
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for model in models:
@@ -120,12 +122,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=f"{model} {method}")
     ax.set(xlabel="achieved budget (mean keep ratio)", ylabel="average accuracy", title="accuracy vs budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "accuracy_vs_budget.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_finish(fig, ax, out / "accuracy_vs_budget.png"))
     return paths
 
 
