@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vtr_bench.errors import VtrError
+from vtr_bench.errors import InfeasibleBudgetError, VtrError
 from vtr_bench.eval.generate import greedy_generate
 from vtr_bench.reduction.flops import DecoderDims, prefill_macs
 from vtr_bench.reduction.schedule import KeepSchedule
@@ -42,10 +42,13 @@ def _summary_ms(values: list[float]) -> dict:
     return {"median_ms": 1000 * statistics.median(values), "p90_ms": 1000 * _percentile(values, 0.9)}
 
 
-def build_configurations(methods: list[str], budgets: list[float], layers: int, seed: int) -> list[dict]:
-    """(label, method, budget, schedule, scorer, hooked) for the baseline, keep-all engine and each method × budget."""
+def build_configurations(methods: list[str], budgets: list[float], layers: int,
+                         seed: int) -> tuple[list[dict], list[dict]]:
+    """Configurations to time (the unmodified model, the keep-all engine, each method × budget) and the method ×
+    budget pairs skipped because the method cannot reach the budget on this depth."""
     from vtr_bench.run import instantiate_method
 
+    skipped: list[dict] = []
     configurations = [
         {"method": "unmodified", "budget": 1.0, "schedule": KeepSchedule.full(layers), "scorer": None, "hooked": False},
         {"method": "keep_all_hooks", "budget": 1.0, "schedule": KeepSchedule.full(layers), "scorer": None,
@@ -58,27 +61,35 @@ def build_configurations(methods: list[str], budgets: list[float], layers: int, 
         node = OmegaConf.merge(OmegaConf.load(path), FIXED_OVERRIDES.get(name, {}))
         method = instantiate_method(node)
         for budget in budgets:
-            schedule, scorer = method.build(layers, budget, seed)
+            try:
+                schedule, scorer = method.build(layers, budget, seed)
+            except InfeasibleBudgetError as error:
+                skipped.append({"method": name, "budget": budget, "reason": str(error)})
+                continue
             configurations.append({"method": name, "budget": budget, "schedule": schedule, "scorer": scorer,
                                    "hooked": True})
-    return configurations
+    return configurations, skipped
 
 
 def run_benchmark(model_name: str, methods: list[str], budgets: list[float], reps: int, warmup: int,
-                  new_tokens: int, device: str, dtype: str, seed: int = 0) -> dict:
-    """Measure every configuration on the synthetic decoder of ``model_name``; returns the report dict."""
+                  new_tokens: int, device: str, dtype: str, seed: int = 0, dims: dict | None = None) -> dict:
+    """Measure every configuration on the synthetic decoder of ``model_name`` (or of explicit ``dims``).
+
+    Returns:
+        The report: one row per configuration (FLOPs ratio, ideal and measured speed-ups, latency median / p90,
+        KV-cache MiB, ...), the skipped (infeasible) method × budget pairs, the machine and settings.
+    """
     from tqdm import tqdm
 
     from vtr_bench.models.synthetic import SyntheticDecoder
     from vtr_bench.tracking.results import environment_info
 
-    model_cfg = OmegaConf.load(CONF / "model" / f"{model_name}.yaml")
-    dims_cfg = model_cfg.dims
+    dims_cfg = OmegaConf.create(dims) if dims else OmegaConf.load(CONF / "model" / f"{model_name}.yaml").dims
     decoder = SyntheticDecoder(dims_cfg, dtype=DTYPES[dtype], device=device, seed=seed)
     before, after = int(dims_cfg.get("text_before", 35)), int(dims_cfg.get("text_after", 25))
     inputs, vision = decoder.prompt(before, after, seed=seed)
     dims = DecoderDims.from_hf_config(decoder.model.config)
-    configurations = build_configurations(methods, budgets, decoder.layers, seed)
+    configurations, skipped = build_configurations(methods, budgets, decoder.layers, seed)
     for c in configurations:
         c["engine"] = decoder.engine(c["schedule"], c["scorer"]) if c["hooked"] else None
         c["prefill"], c["decode"] = [], []
@@ -126,7 +137,7 @@ def run_benchmark(model_name: str, methods: list[str], budgets: list[float], rep
         "model": model_name, "dims": OmegaConf.to_container(dims_cfg), "text_tokens": text,
         "device": device, "dtype": dtype, "attn_implementation": decoder.model.config._attn_implementation,
         "torch_threads": torch.get_num_threads(), "reps": reps, "warmup": warmup, "new_tokens": new_tokens,
-        "environment": environment_info(), "rows": rows,
+        "environment": environment_info(), "rows": rows, "skipped": skipped,
     }
 
 
@@ -144,6 +155,7 @@ def markdown_table(report: dict) -> str:
             f"| {r['prefill_speedup']:.2f}x | {r['efficiency']:.2f} "
             f"| {r['decode_per_token']['median_ms']:.2f} / {r['decode_per_token']['p90_ms']:.2f} "
             f"| {r['decode_speedup']:.2f}x | {r['kv_cache_mib']:.1f} |")
+    lines += [f"\n{s['method']} at budget {s['budget']}: not run ({s['reason']})" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 
 
