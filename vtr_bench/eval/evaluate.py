@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +42,76 @@ def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
     return manager
 
 
+JUDGED_TASKS = frozenset({"mmvet", "llava_in_the_wild", "mmbench_en_dev", "mmbench_cn_dev", "mmbench_cn_cc"})
+"""lmms-eval tasks that an OpenAI-compatible judge scores (MM-Vet, LLaVA-Bench) or matches answers for (MMBench,
+when an answer names no option); without ``OPENAI_API_KEY`` lmms-eval silently scores 0 or guesses."""
+
+
+def _task_configs(manager, name: str) -> dict[str, dict]:
+    """``{task: its YAML config}`` (``!function`` entries not imported) of a task, or of each task of a group/tag."""
+    from lmms_eval import utils
+
+    info = manager.task_index[name]
+    if info["type"] == "tag":
+        members = info["task"]
+    elif info["yaml_path"] == -1 or info["type"] == "python_task":
+        return {}
+    else:
+        config = utils.load_yaml_config(info["yaml_path"], mode="simple")
+        if info["type"] != "group":
+            return {name: config}
+        members = config.get("task", [])
+    configs = {}
+    for member in members:
+        if isinstance(member, str) and member in manager.task_index:
+            configs.update(_task_configs(manager, member))
+    return configs
+
+
+def _in_datasets_cache(cache_dir: str, path: str, name: str | None) -> bool:
+    """Whether ``datasets`` finds hub dataset ``path`` (config ``name``) in ``cache_dir`` with the hub offline."""
+    from datasets.naming import camelcase_to_snakecase
+
+    namespace, dataset = path.split("/")
+    root = Path(cache_dir) / f"{namespace}___{camelcase_to_snakecase(dataset)}"
+    return any(p.is_dir() for p in root.glob(f"{name or '*'}/*/*"))
+
+
+def check_tasks(manager, tasks: Sequence[str]) -> None:
+    """Fail fast, with one line, where lmms-eval would retry for seconds or score silently wrong: a hub dataset
+    missing from the local datasets cache while the hub is offline, a dataset loaded with a hub token when there
+    is none, a judged task (:data:`JUDGED_TASKS`) without ``OPENAI_API_KEY``.
+
+    Raises:
+        ConfigError: a judged task without a judge.
+        EvaluationError: a dataset that cannot be loaded.
+    """
+    from lmms_eval.api.task import _resolve_hf_datasets_cache_dir
+
+    offline = "1" in (os.environ.get("HF_DATASETS_OFFLINE"), os.environ.get("HF_HUB_OFFLINE"))
+    for task_name in tasks:
+        for task, config in _task_configs(manager, task_name).items():
+            if task in JUDGED_TASKS and not os.environ.get("OPENAI_API_KEY"):
+                raise ConfigError(f"task {task} is scored by an OpenAI-compatible judge: set OPENAI_API_KEY (and "
+                                  f"OPENAI_API_URL / MODEL_VERSION for another endpoint) or drop it from benchmark.tasks")
+            path, kwargs = str(config.get("dataset_path", "")), config.get("dataset_kwargs") or {}
+            if path.count("/") != 1 or Path(path).exists() or kwargs.get("load_from_disk"):
+                continue  # a local dataset or a packaged builder (json, parquet, ...)
+            name = config.get("dataset_name")
+            cache = _resolve_hf_datasets_cache_dir()
+            if offline and not _in_datasets_cache(cache, path, name):
+                raise EvaluationError(
+                    f"dataset {path}{f' ({name})' if name else ''} of task {task} is not in the local datasets cache "
+                    f"{cache} and the hub is offline: run once with hub.offline=false where the hub is reachable "
+                    f"(lmms-eval then fills that cache), or copy a filled cache there (HF_DATASETS_CACHE)")
+            if not offline and kwargs.get("token"):
+                from huggingface_hub import get_token
+
+                if get_token() is None:
+                    raise EvaluationError(f"dataset {path} of task {task} is loaded with a hub token: run "
+                                          f"`huggingface-cli login` or set HF_TOKEN")
+
+
 def metric_table(results: dict) -> dict:
     """``{task: {metric: value}}`` from lmms-eval's results (filter suffixes, aliases and stderr dropped)."""
     table = {}
@@ -59,12 +130,14 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
         The metric table (:func:`metric_table`) and one :class:`SampleRecord` per generated sample.
 
     Raises:
-        EvaluationError: a sample failed or nothing was generated.
+        ConfigError: unknown task, or a judged task without a judge (:func:`check_tasks`).
+        EvaluationError: a dataset cannot be loaded (:func:`check_tasks`), a sample failed or nothing was generated.
     """
     from lmms_eval.evaluator import simple_evaluate
 
     lm = ReducedLMM(adapter, engine, batch_size=batch_size, show_progress=show_progress)
     manager = task_manager(tasks, local, cache_dir, include_path)
+    check_tasks(manager, tasks)
     output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
                              limit=limit, bootstrap_iters=0, log_samples=False, batch_size=batch_size,
                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, verbosity="ERROR")

@@ -12,21 +12,24 @@ from vtr_bench.reduction.scoring import Scorer
 
 
 class VLMAdapter:
-    """Wraps an HF ``*ForConditionalGeneration`` model whose decoder is ``model.model.language_model``.
+    """Wraps an HF ``*ForConditionalGeneration`` model whose decoder is ``model.model.language_model``
+    (LLaVA-1.5, LLaVA-NeXT, InternVL: a Llama / Qwen2 decoder).
 
     Args:
         model: the HF model (eval mode).
         processor: its processor (tokenizer + image processor); may be None for id-level use in tests.
         prompt_template: format string with ``{question}``; the image placeholder is part of it.
         name: display name (config name).
+        processor_kwargs: extra arguments of every processor call (InternVL: ``crop_to_patches``, ``max_patches``).
     """
 
     def __init__(self, model: nn.Module, processor=None, prompt_template: str = "USER: <image>\n{question}\nASSISTANT:",
-                 name: str = "model") -> None:
+                 name: str = "model", processor_kwargs: dict | None = None) -> None:
         self.model = model
         self.processor = processor
         self.prompt_template = prompt_template
         self.name = name
+        self.processor_kwargs = dict(processor_kwargs or {})
 
     @property
     def language_model(self) -> nn.Module:
@@ -54,11 +57,15 @@ class VLMAdapter:
         return next(self.model.parameters()).device
 
     def vision_tower_macs(self) -> float:
-        """MACs of one image through the vision tower (ViT formula, DESIGN §4), all its layers."""
+        """MACs of one image tile through the vision tower (ViT formula, DESIGN §4), all its layers.
+
+        LLaVA-1.5 encodes one tile per image; LLaVA-NeXT (AnyRes) and InternVL (dynamic tiles) encode several.
+        """
         from vtr_bench.reduction.flops import vision_tower_macs
 
         vision = self.model.config.vision_config
-        patches = (vision.image_size // vision.patch_size) ** 2 + 1  # + class token
+        size, patch = (v if isinstance(v, (list, tuple)) else (v, v) for v in (vision.image_size, vision.patch_size))
+        patches = (size[0] // patch[0]) * (size[1] // patch[1]) + 1  # + class token
         return vision_tower_macs(patches, vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers)
 
     def vision_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -73,5 +80,5 @@ class VLMAdapter:
     def prepare(self, images: list, questions: list[str]) -> dict:
         """Processor outputs (left-padded batch) for one image + question per sample, on the model's device."""
         prompts = [self.prompt_template.format(question=q) for q in questions]
-        batch = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        batch = self.processor(images=images, text=prompts, return_tensors="pt", padding=True, **self.processor_kwargs)
         return {k: v.to(self.device) for k, v in batch.items()}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -12,11 +13,14 @@ from vtr_bench.models.base import VLMAdapter
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FAMILIES = ("llava", "llava_next", "internvl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_MODELS = {"llava": "tiny_llava", "llava_next": "tiny_llava", "internvl": "tiny_internvl2"}
+"""The bundled model config to use instead of a family's real checkpoints on a machine without GPU or hub."""
 
 
-def _hub_hint(repo_id: str) -> str:
-    return (f"download it where the hub is reachable (huggingface-cli download {repo_id}) and set "
-            f"model.path=/local/dir, or run with hub.offline=false; on a CPU machine use model=tiny_llava")
+def _hub_hint(repo_id: str, family: str) -> str:
+    return (f"download it where the hub is reachable (huggingface-cli download {repo_id} --local-dir /local/dir) "
+            f"and set model.path=/local/dir, or run with hub.offline=false; on a CPU machine use "
+            f"model={CPU_MODELS.get(family, 'tiny_llava')}")
 
 
 def resolve_checkpoint(cfg) -> str | None:
@@ -43,8 +47,40 @@ def resolve_checkpoint(cfg) -> str | None:
 
         cached = try_to_load_from_cache(str(repo_id), "config.json", revision=cfg.get("revision"))
         if not isinstance(cached, str):
-            raise ModelLoadError(f"{repo_id} is not in the local HF cache and the hub is offline: {_hub_hint(repo_id)}")
+            raise ModelLoadError(f"{repo_id} is not in the local HF cache and the hub is offline: "
+                                 f"{_hub_hint(repo_id, cfg.family)}")
     return str(repo_id)
+
+
+def native_checkpoint(cfg, source: str) -> str:
+    """``source``, or for an OpenGVLab remote-code InternVL2 checkpoint its conversion to the transformers-native
+    format (:mod:`vtr_bench.models.internvl2`), made once in ``model.converted_dir`` and reused while its source
+    is unchanged."""
+    from vtr_bench.models import internvl2
+
+    if cfg.family != "internvl":
+        return source
+    local = Path(source)
+    if not local.is_dir():
+        from huggingface_hub import hf_hub_download, snapshot_download
+
+        revision = cfg.get("revision")
+        if not internvl2.is_remote_code(Path(hf_hub_download(source, "config.json", revision=revision)).parent):
+            return source
+        local = Path(snapshot_download(source, revision=revision, allow_patterns=internvl2.SOURCE_FILES))
+    if not internvl2.is_remote_code(local):
+        return source
+    target = cfg.get("converted_dir")
+    if not target:
+        raise ModelLoadError(
+            f"{source} is an OpenGVLab remote-code checkpoint (model_type internvl_chat), which transformers' "
+            f"InternVLForConditionalGeneration cannot load: set model.converted_dir=/dir to convert it there once, "
+            f"or run python -m vtr_bench.models.internvl2 {source} /dir and set model.path=/dir")
+    if internvl2.conversion_source(target) != str(local.resolve()):
+        print(f"vtr_bench: converting {source} to the transformers-native InternVL format in {target} (once)",
+              file=sys.stderr)
+        internvl2.convert_checkpoint(local, target)
+    return str(target)
 
 
 def _classes(family: str):
@@ -85,15 +121,17 @@ def load_adapter(cfg, device: str = "cpu") -> VLMAdapter:
         model, processor = _build_random(cfg)
     else:
         model_class, processor_class = _classes(cfg.family)
-        kwargs = dict(revision=cfg.get("revision"), torch_dtype=DTYPES[cfg.dtype],
+        kwargs = dict(revision=cfg.get("revision"), dtype=DTYPES[cfg.dtype],
                       attn_implementation=cfg.attn_implementation)
         try:
+            source = native_checkpoint(cfg, source)
             # use_fast=False: the fast image processors need torchvision, which this environment leaves out
             processor = processor_class.from_pretrained(source, revision=cfg.get("revision"), use_fast=False)
             model = model_class.from_pretrained(source, **kwargs)
-        except OSError as error:
+        except (OSError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelLoadError(f"could not load {source}: {first_line}") from error
         processor.tokenizer.padding_side = "left"
     model = model.to(device=device, dtype=DTYPES[cfg.dtype]).eval()
-    return VLMAdapter(model, processor, prompt_template=cfg.prompt_template, name=cfg.name)
+    return VLMAdapter(model, processor, prompt_template=cfg.prompt_template, name=cfg.name,
+                      processor_kwargs=dict(cfg.get("processor_kwargs") or {}))

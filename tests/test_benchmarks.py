@@ -1,0 +1,81 @@
+"""Benchmark configs map to lmms-eval 0.7.3 generation tasks; missing datasets and judges fail fast in one line."""
+import time
+
+import pytest
+from test_cli import assert_one_clear_error, run_cli
+from test_configs import CONF, compose_config
+
+from vtr_bench.errors import ConfigError, EvaluationError
+from vtr_bench.eval.evaluate import JUDGED_TASKS, _task_configs, check_tasks
+
+HUB_BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml") if not p.stem.startswith("shapes"))
+PAPER_TASKS = {"vqav2_val", "gqa", "vizwiz_vqa_val", "scienceqa_img", "textvqa_val", "pope", "mme", "mmbench_en_dev",
+               "mmbench_cn_dev", "seedbench", "llava_in_the_wild", "mmvet"}
+
+
+@pytest.fixture(scope="module")
+def lmms_tasks():
+    """lmms-eval's own task index (read from its YAML files, offline)."""
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager(verbosity="ERROR")
+
+
+@pytest.mark.parametrize("name", HUB_BENCHMARKS)
+def test_benchmark_configs_name_lmms_eval_generation_tasks(name, lmms_tasks):
+    bench = compose_config(f"benchmark={name}").benchmark
+    assert bench.name == name and bench.local is None and bench.batch_size == 1
+    for task in bench.tasks:
+        configs = _task_configs(lmms_tasks, task)
+        assert list(configs) == [task]  # a task, not a group
+        assert configs[task]["output_type"] == "generate_until"
+        assert configs[task]["dataset_path"].startswith("lmms-lab-encoder/")
+
+
+def test_paper12_is_the_union_of_the_single_task_configs():
+    singles = [compose_config(f"benchmark={n}").benchmark.tasks for n in HUB_BENCHMARKS if n != "paper12"]
+    assert all(len(tasks) == 1 for tasks in singles)
+    assert set(compose_config("benchmark=paper12").benchmark.tasks) == {t for [t] in singles} == PAPER_TASKS
+
+
+@pytest.fixture
+def empty_datasets_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return tmp_path
+
+
+def test_a_dataset_missing_offline_fails_fast_and_a_cached_one_passes(lmms_tasks, empty_datasets_cache):
+    start = time.perf_counter()
+    with pytest.raises(EvaluationError) as error:
+        check_tasks(lmms_tasks, ["gqa"])
+    assert time.perf_counter() - start < 2
+    message = str(error.value)
+    assert message.startswith("dataset lmms-lab-encoder/GQA (testdev_balanced_instructions) of task gqa is not in "
+                              f"the local datasets cache {empty_datasets_cache}")
+    assert "hub.offline=false" in message and "\n" not in message
+    (empty_datasets_cache / "lmms-lab-encoder___gqa" / "testdev_balanced_instructions" / "0.0.0" / "abc").mkdir(
+        parents=True)
+    check_tasks(lmms_tasks, ["gqa"])
+
+
+def test_groups_are_checked_task_by_task(lmms_tasks, empty_datasets_cache):
+    assert set(_task_configs(lmms_tasks, "pope_full")) == {"pope_adv", "pope_pop", "pope_random"}
+    with pytest.raises(EvaluationError, match="of task pope_"):
+        check_tasks(lmms_tasks, ["pope_full"])
+
+
+@pytest.mark.parametrize("task", sorted(JUDGED_TASKS))
+def test_judged_tasks_need_a_judge(task, lmms_tasks, empty_datasets_cache, monkeypatch):
+    with pytest.raises(ConfigError, match=f"task {task} is scored by an OpenAI-compatible judge: set OPENAI_API_KEY"):
+        check_tasks(lmms_tasks, [task])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.raises(EvaluationError, match="is not in the local datasets cache"):
+        check_tasks(lmms_tasks, [task])
+
+
+def test_a_run_on_an_uncached_benchmark_fails_in_one_line(tmp_path):
+    result = run_cli("benchmark=gqa", "run.show_progress=false", out_dir=tmp_path)
+    assert_one_clear_error(result, "vtr_bench: error: dataset lmms-lab-encoder/GQA (testdev_balanced_instructions)")
+
