@@ -107,25 +107,27 @@ def test_unwritable_output_dir(tmp_path):
     assert_one_clear_error(result, "vtr_bench: error: cannot write the run directory")
 
 
-def test_corrupt_image_in_a_local_task(tmp_path):
-    """A local task whose second image is corrupt: one clear line naming the task and doc, nothing half-written."""
+def write_local_task(root, images_per_doc, corrupt_second=False):
+    """A local lmms-eval task ``my_images`` (json data, image files) under ``root``; returns its folder."""
     from PIL import Image
 
-    tasks = tmp_path / "tasks"
+    tasks = root / "tasks"
     tasks.mkdir()
-    Image.new("RGB", (48, 48), "red").save(tmp_path / "good.png")
-    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
-    rows = [{"image_path": str(tmp_path / n), "question": "What color is it?", "answer": "red"}
-            for n in ("good.png", "bad.png")]
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Image.new("RGB", (48, 48), "red").save(root / "good.png")
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    second = "bad.png" if corrupt_second else "good.png"
+    rows = [{"image_paths": [str(root / name)] * images_per_doc, "question": "What color is it?", "answer": "red"}
+            for name in ("good.png", second)]
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tasks / "utils.py").write_text(
-        "from PIL import Image\n\n\ndef doc_to_visual(doc):\n    return [Image.open(doc['image_path']).convert('RGB')]\n"
+        "from PIL import Image\n\n\ndef doc_to_visual(doc):\n"
+        "    return [Image.open(p).convert('RGB') for p in doc['image_paths']]\n"
         "\n\ndef process_results(doc, results):\n    return {'exact_match': float(results[0] == doc['answer'])}\n")
-    (tasks / "broken.yaml").write_text(f"""task: broken_images
+    (tasks / "my_images.yaml").write_text(f"""task: my_images
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {tmp_path / "data.jsonl"}
+    test: {root / "data.jsonl"}
 test_split: test
 output_type: generate_until
 doc_to_visual: !function utils.doc_to_visual
@@ -139,7 +141,22 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """)
-    result = run_cli("benchmark.local=null", "benchmark.tasks=[broken_images]", f"benchmark.include_path=[{tasks}]",
+    return tasks
+
+
+def test_corrupt_image_in_a_local_task(tmp_path):
+    """A local task whose second image is corrupt: one clear line naming the task and doc, nothing half-written."""
+    tasks = write_local_task(tmp_path, images_per_doc=1, corrupt_second=True)
+    result = run_cli("benchmark.local=null", "benchmark.tasks=[my_images]", f"benchmark.include_path=[{tasks}]",
                      "logger=none", out_dir=tmp_path)
-    assert_one_clear_error(result, "vtr_bench: error: broken_images doc 1: could not load its image: OSError")
+    assert_one_clear_error(result, "vtr_bench: error: my_images doc 1: could not load its image: OSError")
     assert not list(tmp_path.glob("tiny_random_llava/full/*/results.json"))
+
+
+def test_multi_image_samples_error_unless_a_policy_is_set(tmp_path):
+    tasks = write_local_task(tmp_path, images_per_doc=3)
+    args = ["benchmark.local=null", "benchmark.tasks=[my_images]", f"benchmark.include_path=[{tasks}]", "logger=none"]
+    assert_one_clear_error(run_cli(*args, out_dir=tmp_path), "my_images doc 0: expected one image, got 3")
+    result = run_cli(*args, "benchmark.multi_image=middle", out_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(tmp_path.glob("tiny_random_llava/full/*/results.json"))) == 1

@@ -89,12 +89,16 @@ class BenchmarkRecipe:
         self.method.check(cfg.budget)
 
     def setup(self) -> None:
-        """Seed, load the model, compile the method and build the engine."""
+        """Check the tasks (datasets, judges), seed, load the model, compile the method and build the engine."""
         import torch
 
+        from vtr_bench.eval.evaluate import prepare_tasks
         from vtr_bench.models.loader import load_adapter
 
         cfg = self.cfg
+        bench = cfg.benchmark
+        self.task_manager = prepare_tasks(list(bench.tasks), bench.local, cfg.run.cache_dir,
+                                          list(bench.get("include_path") or []))
         torch.manual_seed(cfg.seed)
         self.adapter = load_adapter(cfg.model, device=cfg.run.device)
         layers = len(self.adapter.decoder_layers)
@@ -114,8 +118,8 @@ class BenchmarkRecipe:
         metrics, records = evaluate_tasks(self.adapter, self.engine, list(bench.tasks), local=bench.local,
                                           cache_dir=run_cfg.cache_dir, limit=bench.limit,
                                           batch_size=bench.batch_size, seed=self.cfg.seed,
-                                          show_progress=run_cfg.show_progress,
-                                          include_path=list(bench.get("include_path") or []))
+                                          show_progress=run_cfg.show_progress, manager=self.task_manager,
+                                          multi_image=bench.get("multi_image", "error"))
         return self._results(metrics, records)
 
     def _results(self, metrics: dict, records) -> dict:

@@ -121,10 +121,24 @@ def metric_table(results: dict) -> dict:
     return table
 
 
+def prepare_tasks(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
+                  include_path: Sequence[str] = ()):
+    """A checked TaskManager for ``tasks`` (:func:`task_manager` + :func:`check_tasks`): call it before loading a
+    model, so that a missing dataset or judge fails in seconds."""
+    manager = task_manager(tasks, local, cache_dir, include_path)
+    check_tasks(manager, tasks)
+    return manager
+
+
 def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence[str], *, local: str | None,
                    cache_dir: str | Path, limit: int | None = None, batch_size: int = 1, seed: int = 0,
-                   show_progress: bool = True, include_path: Sequence[str] = ()) -> tuple[dict, list[SampleRecord]]:
+                   show_progress: bool = True, include_path: Sequence[str] = (), manager=None,
+                   multi_image: str = "error") -> tuple[dict, list[SampleRecord]]:
     """Run ``tasks`` through lmms-eval with the reduced model.
+
+    Args:
+        manager: a TaskManager from :func:`prepare_tasks` (built here when None).
+        multi_image: what to do with a sample of several images (see :class:`ReducedLMM`).
 
     Returns:
         The metric table (:func:`metric_table`) and one :class:`SampleRecord` per generated sample.
@@ -135,9 +149,8 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
     """
     from lmms_eval.evaluator import simple_evaluate
 
-    lm = ReducedLMM(adapter, engine, batch_size=batch_size, show_progress=show_progress)
-    manager = task_manager(tasks, local, cache_dir, include_path)
-    check_tasks(manager, tasks)
+    lm = ReducedLMM(adapter, engine, batch_size=batch_size, show_progress=show_progress, multi_image=multi_image)
+    manager = manager or prepare_tasks(tasks, local, cache_dir, include_path)
     output = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
                              limit=limit, bootstrap_iters=0, log_samples=False, batch_size=batch_size,
                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, verbosity="ERROR")

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from vtr_bench.errors import EvaluationError
+from vtr_bench.errors import ConfigError, EvaluationError
 from vtr_bench.eval.generate import greedy_generate
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.engine import ReductionEngine
 
 DEFAULT_MAX_NEW_TOKENS = 16
+MULTI_IMAGE_POLICIES = ("error", "middle")
 
 
 @dataclass
@@ -36,21 +37,28 @@ class ReducedLMM(lmms):
         engine: the reduction engine for this run (built from the method's schedule and scorer).
         batch_size: requests per forward (left padding); accuracy runs default to 1.
         show_progress: show a progress bar over requests.
+        multi_image: a sample with several images (e.g. SEED-Bench's video frames) is an ``"error"`` or is
+            answered from its ``"middle"`` image (as LLaVA-1.5 evaluated SEED-Bench video questions).
     """
 
     is_simple = True
 
     def __init__(self, adapter: VLMAdapter, engine: ReductionEngine, batch_size: int = 1,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, multi_image: str = "error") -> None:
+        if multi_image not in MULTI_IMAGE_POLICIES:
+            raise ConfigError(f"benchmark.multi_image must be one of {MULTI_IMAGE_POLICIES}, got {multi_image!r}")
         super().__init__()
         self.adapter = adapter
         self.engine = engine
         self.batch_size_per_gpu = int(batch_size)
         self.show_progress = show_progress
+        self.multi_image = multi_image
         self.records: list[SampleRecord] = []
         tokenizer = adapter.processor.tokenizer
         self.tokenizer = tokenizer
-        self.eos_token_ids = {tokenizer.eos_token_id}
+        generation_eos = getattr(getattr(adapter.model, "generation_config", None), "eos_token_id", None)
+        generation_eos = generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos]
+        self.eos_token_ids = {tokenizer.eos_token_id, *(e for e in generation_eos if e is not None)}
 
     def _generate_batch(self, batch) -> list[str]:
         images, questions, gen_kwargs = [], [], batch[0].args[1]
@@ -61,9 +69,10 @@ class ReducedLMM(lmms):
             except Exception as error:  # noqa: BLE001 - a corrupt or missing image, named in one line
                 raise EvaluationError(f"{task} doc {doc_id}: could not load its image: "
                                       f"{type(error).__name__}: {error}") from error
-            if len(visuals) != 1:
-                raise EvaluationError(f"{task} doc {doc_id}: expected exactly one image, got {len(visuals)}")
-            images.append(visuals[0])
+            if not visuals or (len(visuals) > 1 and self.multi_image == "error"):
+                raise EvaluationError(f"{task} doc {doc_id}: expected one image, got {len(visuals)} (a benchmark with "
+                                      f"multi-image samples can set benchmark.multi_image=middle)")
+            images.append(visuals[len(visuals) // 2])
             questions.append(context)
         inputs = self.adapter.prepare(images, questions)
         vision_mask = self.adapter.vision_mask(inputs["input_ids"])
