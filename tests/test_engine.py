@@ -149,3 +149,20 @@ def assert_batch_equals_single_runs(adapter, engine, rows, pixel_values):
             torch.testing.assert_close(batched[i, -1], single[0, -1], atol=1e-5, rtol=0)
             assert ctx.processed_counts()[i] == single_ctx.processed_counts()[0]
     return ctx.processed_counts()
+
+
+@pytest.mark.parametrize("positions", ["keep", "renumber"])
+def test_scoring_from_cached_keys_equals_recomputed_keys(tiny_llava, pixel_values, positions):
+    """With a KV cache the scorer reads the previous layer's keys from it; without one it recomputes them."""
+    adapter = VLMAdapter(tiny_llava)
+    engine = adapter.engine(SCHEDULES["pyramid"], LastTokenAttention(-1), positions=positions)
+    ids, mask = left_pad([make_prompt(2, 3, seed=1), make_prompt(5, 9, seed=2)])
+    kwargs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixel_values,
+                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    logits = {}
+    with engine.attached(), torch.no_grad():
+        for use_cache in (True, False):
+            with engine.request(adapter.vision_mask(ids), mask) as ctx:
+                logits[use_cache] = tiny_llava(**kwargs, use_cache=use_cache).logits[:, -1]
+                assert ctx.processed_counts() == [SCHEDULES["pyramid"].counts(16)] * 2
+    torch.testing.assert_close(logits[True], logits[False], atol=1e-5, rtol=0)

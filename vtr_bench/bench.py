@@ -192,10 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); use 1 when another process holds a core")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         report = run_benchmark(args.model, args.methods, args.budgets, args.reps, args.warmup, args.new_tokens,
                                args.device, args.dtype)

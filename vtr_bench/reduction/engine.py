@@ -149,7 +149,7 @@ class ReductionEngine:
             if index == 0:
                 self._start_call(ctx, hidden, kwargs)
             if ctx.calls == 1:
-                hidden, overrides = self._prefill_layer(ctx, index, hidden)
+                hidden, overrides = self._prefill_layer(ctx, index, hidden, kwargs.get("past_key_values"))
             else:
                 overrides = self._decode_layer(ctx, index, hidden, kwargs)
             if overrides is None:
@@ -187,10 +187,10 @@ class ReductionEngine:
         elif hidden.shape[1] != 1:
             raise RuntimeError("after the prefill the engine supports single-token decode steps only")
 
-    def _prefill_layer(self, ctx: ReductionContext, index: int, hidden: torch.Tensor):
+    def _prefill_layer(self, ctx: ReductionContext, index: int, hidden: torch.Tensor, cache):
         state = ctx.state
         if index in ctx.drop_layers:
-            state, hidden = self._drop(ctx, index, hidden)
+            state, hidden = self._drop(ctx, index, hidden, cache)
             ctx.state = state
             ctx.current_counts = state.vision_counts()
             if self.positions == "renumber":
@@ -205,12 +205,13 @@ class ReductionEngine:
         ctx.layer_shift.append(ctx.current_shift)
         return hidden, ctx.prefill_overrides
 
-    def _drop(self, ctx: ReductionContext, index: int, hidden: torch.Tensor):
+    def _drop(self, ctx: ReductionContext, index: int, hidden: torch.Tensor, cache):
         state = ctx.state
         source = max(index + self.scorer.source_offset, 0)
         source_hidden = hidden if source == index or ctx.stash is None else ctx.stash
         inputs = ScoringInputs(index, self.layers[source], source_hidden, state, current=hidden, prompt=ctx.prompt,
-                               prompt_hidden=ctx.prompt_hidden)
+                               prompt_hidden=ctx.prompt_hidden,
+                               keys=self._cached_keys(cache, source, hidden.shape[1]) if source < index else None)
         state, hidden = reduce_sequence(state, hidden, self.scorer.reduce(inputs, ctx.keep[:, index]))
         ctx.stash = None
         if self.positions == "renumber":
@@ -218,6 +219,16 @@ class ReductionEngine:
             cos, sin = self.rotary_emb(hidden, position_ids)
             state.position_ids, state.cos, state.sin = position_ids, cos, sin
         return state, hidden
+
+    @staticmethod
+    def _cached_keys(cache, layer: int, seq: int) -> torch.Tensor | None:
+        """Layer ``layer``'s RoPE'd keys of the current prefill sequence from the KV cache (it just ran on this very
+        sequence), so scoring needs no k projection; None without a cache."""
+        layers = getattr(cache, "layers", None)
+        if layers is None or layer >= len(layers) or getattr(layers[layer], "keys", None) is None:
+            return None
+        keys = layers[layer].keys
+        return keys if keys.shape[2] == seq else None
 
     def _overrides(self, state: SequenceState, hidden: torch.Tensor, query_len: int) -> dict:
         mask = None

@@ -30,6 +30,8 @@ class ScoringInputs:
         current: the hidden states being reduced (input of ``layer_index``); merged tokens average these.
         prompt: the unreduced prompt's state (slots = original indices, as ``state.orig_index`` counts them).
         prompt_hidden: the prefill's input to layer 0 (the input embeddings), in original slot order.
+        keys: ``source_layer``'s RoPE'd keys of the current sequence (batch, kv_heads, seq, head_dim) when its KV
+            cache already holds them (None: recomputed from ``hidden``).
     """
 
     layer_index: int
@@ -39,6 +41,7 @@ class ScoringInputs:
     current: torch.Tensor | None = None
     prompt: SequenceState | None = None
     prompt_hidden: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -65,12 +68,15 @@ def attention_rows(inputs: ScoringInputs, query_index: torch.Tensor) -> torch.Te
     queries = query_index.shape[1]
     rows = normed.gather(1, query_index.unsqueeze(-1).expand(-1, -1, dim))
     q = attn.q_proj(rows).view(batch, queries, -1, head_dim).transpose(1, 2).float()
-    k = attn.k_proj(normed).view(batch, seq, -1, head_dim).transpose(1, 2).float()
     cos, sin = state.cos.float().unsqueeze(1), state.sin.float().unsqueeze(1)
     q_cos = cos.gather(2, query_index[:, None, :, None].expand(-1, 1, -1, head_dim))
     q_sin = sin.gather(2, query_index[:, None, :, None].expand(-1, 1, -1, head_dim))
     q = q * q_cos + _rotate_half(q) * q_sin
-    k = k * cos + _rotate_half(k) * sin
+    if inputs.keys is not None:
+        k = inputs.keys.float()
+    else:
+        k = attn.k_proj(normed).view(batch, seq, -1, head_dim).transpose(1, 2).float()
+        k = k * cos + _rotate_half(k) * sin
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     logits = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (batch, heads, queries, seq)
     key_pos = torch.arange(seq, device=normed.device)
