@@ -1,9 +1,8 @@
 """Engine equivalences on a tiny random LLaVA: identity, slow reference, counts, batching, hooks."""
 import pytest
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from conftest import left_pad, make_prompt, make_random_llava
+from conftest import left_pad, make_prompt
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import LastTokenAttention, RandomScorer

@@ -13,7 +13,6 @@ prefill (summed over the cache's layer tensors), and peak CUDA memory on GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path

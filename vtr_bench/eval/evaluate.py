@@ -93,7 +93,8 @@ def check_tasks(manager, tasks: Sequence[str]) -> None:
         for task, config in _task_configs(manager, task_name).items():
             if task in JUDGED_TASKS and not os.environ.get("OPENAI_API_KEY"):
                 raise ConfigError(f"task {task} is scored by an OpenAI-compatible judge: set OPENAI_API_KEY (and "
-                                  f"OPENAI_API_URL / MODEL_VERSION for another endpoint) or drop it from benchmark.tasks")
+                                  f"OPENAI_API_URL / MODEL_VERSION for another endpoint) or drop it from "
+                                  f"benchmark.tasks")
             path, kwargs = str(config.get("dataset_path", "")), config.get("dataset_kwargs") or {}
             if path.count("/") != 1 or Path(path).exists() or kwargs.get("load_from_disk"):
                 continue  # a local dataset or a packaged builder (json, parquet, ...)

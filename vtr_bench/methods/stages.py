@@ -45,8 +45,8 @@ def solve_stage_parameter(layers: int, starts: Sequence[int], ratios: Callable[[
     """
     lowest = staged_schedule(layers, starts, ratios(0.0)).budget
     if budget < lowest - 1e-12:
-        raise InfeasibleBudgetError(f"budget {budget} is unreachable: layers before {starts[0]} keep every token, so the "
-                          f"lowest budget of this {layers}-layer schedule is {lowest:.4g}")
+        raise InfeasibleBudgetError(f"budget {budget} is unreachable: layers before {starts[0]} keep every token, "
+                                    f"so the lowest budget of this {layers}-layer schedule is {lowest:.4g}")
     low = 0.0
     for _ in range(_BISECTIONS):
         middle = (low + high) / 2
