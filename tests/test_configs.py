@@ -36,3 +36,22 @@ def test_defaults():
     cfg = compose_config()
     assert cfg.method._target_.endswith("Full") and cfg.budget is None and cfg.positions == "keep"
     assert cfg.benchmark.tasks == ["shapes"] and cfg.logger.mode == "offline"
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_experiment_configs_compose_and_their_sweeps_instantiate(experiment):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert set(params) == {"method", "budget"}
+    for method in params.method.split(","):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            one = compose(config_name="config", overrides=[f"experiment={experiment}", f"method={method}"])
+        assert isinstance(instantiate_method(one.method), Method)
+    assert all(0 < float(b) <= 1 for b in params.budget.split(","))
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
