@@ -162,3 +162,17 @@ def test_multi_image_samples_error_unless_a_policy_is_set(tmp_path):
     result = run_cli(*args, "benchmark.multi_image=middle", out_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list(tmp_path.glob("tiny_random_llava/full/*/results.json"))) == 1
+
+
+def test_psigmoid_end_to_end_on_the_internvl_family(tmp_path):
+    """Search (BO on the search split) + test evaluation + saved schedule through the CLI, InternVL-style model."""
+    result = run_cli("model=tiny_random_internvl2", "method=psigmoid", "budget=0.3", "benchmark.limit=4",
+                     "search.limit=3", "method.n_calls=5", "method.n_initial_points=3", "logger=none",
+                     "run.show_progress=false", out_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [saved] = list((tmp_path / "schedules").glob("tiny_random_internvl2-psigmoid-b0.3-*.json"))
+    assert f"searched schedule saved to {saved}" in result.stdout + result.stderr
+    [results_file] = list(tmp_path.glob("tiny_random_internvl2/psigmoid/*/results.json"))
+    results = json.loads(results_file.read_text())
+    assert results["schedule_ratios"] == json.loads(saved.read_text())["ratios"]
+    assert abs(results["budget_achieved"] - 0.3) <= 1 / 144 and results["samples"] == 4
