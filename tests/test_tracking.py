@@ -124,9 +124,7 @@ def test_offline_run_reads_back(tmp_path, capsys):
     Image.new("RGB", (4, 3), (255, 0, 0)).save(png)
     logger = WandbLogger(save_dir=tmp_path / "run", group="sweep-1", tags=("tiny", "fastv"), name="tiny-fastv")
     config = {"model": "tiny", "budget": 0.25, "method": {"K": 2, "R": 0.5}}
-    start = time.perf_counter()
     logger.start(config)
-    init_seconds = time.perf_counter() - start
     logger.log_metrics({"tflops": 1.5, "flops_ratio": 0.55, "metrics": {"shapes": {"acc": 0.75}}})
     logger.log_table("keep_schedule", ["layer", "ratio"], [[0, 1.0], [1, 0.5]])
     logger.log_image("schedule_plot", png)
@@ -149,7 +147,6 @@ def test_offline_run_reads_back(tmp_path, capsys):
     assert run["summary"]["schedule_plot/_type"] == "image-file"
     assert (run_dir / "files" / run["summary"]["schedule_plot/path"]).read_bytes() == png.read_bytes()
     assert WARNING not in capsys.readouterr().err
-    assert init_seconds < 20
 
 
 def test_online_unreachable_server_warns_once(tmp_path, monkeypatch, capsys):

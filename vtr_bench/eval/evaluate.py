@@ -26,6 +26,7 @@ def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
     Raises:
         ConfigError: unknown local package or task name.
     """
+    import lmms_eval.models  # noqa: F401 - sets lmms-eval's loguru level to WARNING (else task indexing logs DEBUG)
     from lmms_eval.tasks import TaskManager
 
     include = [str(Path(p).resolve()) for p in include_path]
