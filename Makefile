@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
-MODEL ?= tiny_random_llava
+MODEL ?= tiny_llava
 BENCH ?= shapes
 METHODS ?= random,fastv,pdrop,sparsevlm,downsample,psigmoid
 BUDGETS ?= 0.5,0.3,0.125
 TASKS ?=
 SWEEP_ARGS = model=$(MODEL) benchmark=$(BENCH) $(if $(TASKS),benchmark.tasks=[$(TASKS)])
 
-.PHONY: help install run test flops sweep bench report wandb-sync tiny-models clean
+.PHONY: help install run test flops sweep bench report wandb-sync tiny-models tiny-tables clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ wandb-sync: $(STAMP)  ## upload offline W&B runs (needs a W&B login and network)
 
 tiny-models: $(STAMP)  ## retrain the bundled tiny checkpoints on CPU
 	$(PY) -m vtr_bench.tiny.train --all
+
+tiny-tables: $(STAMP)  ## every method x budget on both bundled tiny models -> runs/tiny/report/ (README tables)
+	recipes/tiny_tables.sh $(ARGS)
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf runs

@@ -32,14 +32,14 @@ def assert_one_clear_error(result, expected):
     (["budget=1.5", "method=fastv"], "vtr_bench: error: budget must be in (0, 1]"),
     (["budget=abc", "method=fastv"], "vtr_bench: error: budget must be a number in (0, 1], got 'abc'"),
     (["method=full", "budget=0.5"], "vtr_bench: error: method 'full' takes no budget"),
-    (["method=schedule", "method.ratios=[1,0.5,0.7,0.5,0.5,0.5,0.5,0.5]"],
+    (["method=schedule", "method.ratios=[1,0.5,0.7,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]"],
      "vtr_bench: error: keep schedule must be non-increasing with depth: layer 2 keeps 0.7 > layer 1 keeps 0.5"),
     (["model=llava15_7b"], "vtr_bench: error: llava-hf/llava-1.5-7b-hf is not in the local HF cache"),
     (["model.path=/nonexistent/ckpt"], "vtr_bench: error: model.path /nonexistent/ckpt has no config.json"),
     (["benchmark=nope"], "Could not find 'benchmark/nope'"),
     (["benchmark.tasks=[no_such_task]", "benchmark.limit=2"],
      "vtr_bench: error: lmms-eval does not know task(s) ['no_such_task']"),
-    (["method=fastv", "budget=0.1"], "vtr_bench: error: budget 0.1 is unreachable with k=2 on a 8-layer decoder"),
+    (["method=fastv", "budget=0.1"], "vtr_bench: error: budget 0.1 is unreachable with k=2 on a 12-layer decoder"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, overrides, expected):
     assert_one_clear_error(run_cli(*overrides, out_dir=tmp_path), expected)
@@ -62,7 +62,7 @@ def test_fastv_run_end_to_end_writes_results_and_wandb(tmp_path):
     result = run_cli("method=fastv", "budget=0.5", "benchmark.limit=6", "run.show_progress=false",
                      out_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    [results_file] = list(tmp_path.glob("tiny_random_llava/fastv/*/results.json"))
+    [results_file] = list(tmp_path.glob("tiny_llava/fastv/*/results.json"))
     results = json.loads(results_file.read_text())
     assert results["status"] == "complete" and results["samples"] == 6
     assert results["method"] == "fastv" and results["budget_requested"] == 0.5
@@ -92,8 +92,8 @@ def test_multirun_and_cfg_job(tmp_path):
 
 @pytest.mark.parametrize("content, expected", [
     ('{"ratios": [1, 1, 0.5', "is not valid JSON"),
-    ('{"ratios": [1, 0.5, 0.75, 0.5, 0.5, 0.5, 0.5, 0.5]}', "must be non-increasing with depth: layer 2 keeps 0.75"),
-    ('{"ratios": [1, 0.5]}', "schedule has 2 layers but the model has 8"),
+    ('{"ratios": [1, 0.5, 0.75, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}', "must be non-increasing with depth: layer 2 keeps 0.75"),
+    ('{"ratios": [1, 0.5]}', "schedule has 2 layers but the model has 12"),
     ('{"keep": [1, 0.5]}', "must hold an object with a list 'ratios'"),
 ])
 def test_malformed_saved_schedule(tmp_path, content, expected):
@@ -152,7 +152,7 @@ def test_corrupt_image_in_a_local_task(tmp_path):
     result = run_cli("benchmark.local=null", "benchmark.tasks=[my_images]", f"benchmark.include_path=[{tasks}]",
                      "logger=none", out_dir=tmp_path)
     assert_one_clear_error(result, "vtr_bench: error: my_images doc 1: could not load its image: OSError")
-    assert not list(tmp_path.glob("tiny_random_llava/full/*/results.json"))
+    assert not list(tmp_path.glob("tiny_llava/full/*/results.json"))
 
 
 def test_multi_image_samples_error_unless_a_policy_is_set(tmp_path):
@@ -161,7 +161,7 @@ def test_multi_image_samples_error_unless_a_policy_is_set(tmp_path):
     assert_one_clear_error(run_cli(*args, out_dir=tmp_path), "my_images doc 0: expected one image, got 3")
     result = run_cli(*args, "benchmark.multi_image=middle", out_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(list(tmp_path.glob("tiny_random_llava/full/*/results.json"))) == 1
+    assert len(list(tmp_path.glob("tiny_llava/full/*/results.json"))) == 1
 
 
 def test_psigmoid_end_to_end_on_the_internvl_family(tmp_path):

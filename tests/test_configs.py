@@ -10,7 +10,7 @@ from vtr_bench.run import instantiate_method
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
-METHOD_OVERRIDES = {"schedule": ["method.ratios=[1,1,0.5,0.5,0.5,0.5,0.5,0.5]"]}
+METHOD_OVERRIDES = {"schedule": ["method.ratios=[1,1,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]"]}
 
 
 def compose_config(*overrides):
@@ -26,6 +26,17 @@ def test_model_configs_compose_with_dims(model):
     assert all(int(cfg.model.dims[k]) > 0 for k in ("layers", "hidden", "ffn", "heads", "kv_heads", "vision_tokens"))
 
 
+@pytest.mark.parametrize("model", [m for m in MODELS if m.startswith("tiny_")])
+def test_tiny_model_dims_are_the_models_own(model):
+    """run.mode=flops plans from conf dims: for the CPU models they must be what the loaded model has."""
+    from vtr_bench.models.loader import load_adapter
+    from vtr_bench.reduction.flops import DecoderDims
+    from vtr_bench.run import dims_from_config
+
+    cfg = compose_config(f"model={model}")
+    assert dims_from_config(cfg.model) == DecoderDims.from_hf_config(load_adapter(cfg.model).text_config)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_method_configs_instantiate(method):
     cfg = compose_config(f"method={method}", *METHOD_OVERRIDES.get(method, []))
@@ -34,6 +45,7 @@ def test_method_configs_instantiate(method):
 
 def test_defaults():
     cfg = compose_config()
+    assert cfg.model.name == "tiny_llava" and cfg.model.asset == "tiny_llava"
     assert cfg.method._target_.endswith("Full") and cfg.budget is None and cfg.positions == "keep"
     assert cfg.benchmark.tasks == ["shapes"] and cfg.logger.mode == "offline"
 

@@ -29,6 +29,9 @@ def test_report_table_and_plots(tmp_path):
     table = (tmp_path / "report" / "report.md").read_text().splitlines()
     assert table[0].split(" | ")[4] == "shapes"
     assert "| tiny | fastv | 0.5 | 0.500 | 0.800 | 0.800 | 1.1 | 0.550 | 5.0 |" in table
+    assert "| method | none | 0.5 |" in table
+    assert table[table.index("| method | none | 0.5 |") + 2:][:3] == [
+        "| full | 0.900 (1.000) | — |", "| fastv | — | 0.800 (0.500) |", "| random | — | 0.700 (0.500) |"]
     for name in ("pareto.png", "schedules.png", "accuracy_vs_budget.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(json.loads((tmp_path / "report" / "report.json").read_text())) == 3

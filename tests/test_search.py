@@ -25,7 +25,7 @@ def compose_config(*overrides):
 
 @pytest.fixture(scope="module")
 def adapter():
-    return load_adapter(compose_config().model)
+    return load_adapter(compose_config("model=tiny_random_llava").model)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from test_cli import run_cli
 
 def _complete(root):
     done = []
-    for path in root.glob("tiny_random_llava/*/*/results.json"):
+    for path in root.glob("tiny_llava/*/*/results.json"):
         try:
             if json.loads(path.read_text()).get("status") == "complete":
                 done.append(path)

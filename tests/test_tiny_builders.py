@@ -98,20 +98,82 @@ def test_tiny_internvl2_tokens_and_round_trip(tmp_path):
         assert torch.equal(model(**batch).logits, model2(**batch2).logits)
 
 
-def test_training_batch_labels_only_the_target(llava):
+def test_packed_training_rows_equal_single_prompts(llava):
+    """Each packed segment (shared image prefix, 4-D mask) gives the logits of its own single-turn prompt."""
     import random
 
-    from vtr_bench.tiny.train import make_batch
+    from vtr_bench.tiny.train import make_batch, questions
 
     model, processor = llava
     tok = processor.tokenizer
-    samples = data.split_samples("search")[:4]
-    batch = make_batch(processor, samples, caption_share=0.0, rng=random.Random(0))
-    for i, s in enumerate(samples):
-        labelled = batch["labels"][i][batch["labels"][i] != -100].tolist()
-        assert labelled == [tok.convert_tokens_to_ids(s["answer"]), tok.eos_token_id]
-        assert batch["input_ids"][i, 0] == tok.bos_token_id  # right padding: the prompt starts at position 0
-    captions = make_batch(processor, samples, caption_share=1.0, rng=random.Random(0))
-    assert tok.decode(captions["labels"][0][captions["labels"][0] != -100][:-1]) == samples[0]["caption"]
+    samples = data.split_samples("search")[:2]
+    batch = make_batch(processor, samples, caption_share=1.0, rng=random.Random(0), extra_questions=4)
+    assert (batch["input_ids"] == model.config.image_token_id).sum(1).tolist() == [144, 144]
     with torch.no_grad():
-        assert torch.isfinite(model(**batch).loss)
+        packed = model(**batch).logits
+    rng = random.Random(0)
+    for i, s in enumerate(samples):
+        pairs = questions(s, rng, 4, 1.0)
+        assert pairs[0] == (s["question"], s["answer"]) and pairs[-1][1] == s["caption"] and len(pairs) >= 5
+        labelled = (batch["labels"][i] != -100).nonzero().flatten().tolist()
+        for question, answer in pairs:
+            single = processor(images=data.render(s["objects"]), return_tensors="pt",
+                               text=PROMPT_TEMPLATE.format(question=question) + f" {answer}</s>")
+            n = len(tok(f" {answer}</s>", add_special_tokens=False).input_ids)
+            pos, labelled = labelled[:n], labelled[n:]
+            assert batch["labels"][i, pos].tolist() == single["input_ids"][0, -n:].tolist()
+            with torch.no_grad():
+                ref = model(**single).logits[0, -n - 1:-1]
+            torch.testing.assert_close(packed[i, [p - 1 for p in pos]], ref, atol=1e-4, rtol=1e-4)
+        assert not labelled
+
+
+def test_vision_pretraining_targets_follow_the_grid(llava):
+    from vtr_bench.tiny.train import _token_grid, _token_targets
+
+    model, processor = llava
+    samples = data.split_samples("test")[:2]
+    with torch.no_grad():
+        grid = _token_grid(model, _batch(processor)["pixel_values"])
+        flat = torch.stack(list(model.model.get_image_features(
+            pixel_values=_batch(processor)["pixel_values"], vision_feature_layer=-2,
+            vision_feature_select_strategy="default")))
+    assert grid.shape == (2, 12, 12, model.config.text_config.hidden_size)
+    torch.testing.assert_close(grid[:, 1, 5], flat[:, 1 * 12 + 5])
+    targets = _token_targets(samples, 12)
+    obj = samples[0]["objects"][0]
+    block = targets["shape"][0, obj.row * 4:obj.row * 4 + 4, obj.col * 4:obj.col * 4 + 4]
+    assert block.unique().tolist() == [data.SHAPES.index(obj.shape) + 1]
+    obj_block = targets["object"][0, obj.row * 4:obj.row * 4 + 4, obj.col * 4:obj.col * 4 + 4]
+    expected = list(data.COLORS).index(obj.color) * len(data.SHAPES) + data.SHAPES.index(obj.shape) + 1
+    assert obj_block.unique().tolist() == [expected]
+    assert targets["row"][0, :, 0].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert targets["col"][1, 0, :].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+@pytest.mark.parametrize("name", ["tiny_llava", "tiny_internvl2"])
+def test_bundled_checkpoint_answers_the_benchmark(name):
+    """The shipped checkpoints are small and trained: far above the blind baselines on test questions."""
+    from vtr_bench.models.tiny import ASSETS, load_tiny
+    from vtr_bench.tiny.train import evaluate
+
+    path = ASSETS / name
+    assert (path / "model.safetensors").stat().st_size < 20e6
+    assert "Training wall time" in (path / "TRAINING.md").read_text()
+    model, processor = load_tiny(path)
+    assert evaluate(model, processor, data.split_samples("test")[:100])["exact_match"] >= 0.8
+
+
+def test_training_is_deterministic():
+    """`make tiny-models` is reproducible: two short trainings with one seed give bitwise-identical weights."""
+    from vtr_bench.tiny.train import fit
+
+    hp = dict(vision_steps=2, steps=2, batch_size=2, lr=1e-3, caption_share=0.5, extra_questions=2,
+              freeze_vision=True)
+    first, _, timings = fit("tiny_llava", **hp)
+    second = dict(fit("tiny_llava", **hp)[0].named_parameters())
+    initial = dict(build_tiny_llava()[0].named_parameters())
+    assert 0 <= timings["cell_accuracy"] <= 1
+    for name, param in first.named_parameters():
+        assert torch.equal(param, second[name]), name
+    assert not torch.equal(first.lm_head.weight, initial["lm_head.weight"])  # it did train

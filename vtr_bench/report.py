@@ -3,7 +3,7 @@
     python -m vtr_bench.report [--runs runs] [--out runs/report]
 
 Reads every complete ``results.json`` under ``--runs`` and writes ``report.md`` (accuracy per task, average,
-TFLOPs, FLOPs ratio, prefill latency, achieved budget), ``pareto.png`` (accuracy vs TFLOPs, Pareto front per
+TFLOPs, FLOPs ratio, prefill latency, achieved budget; then per model a method x budget table), ``pareto.png`` (accuracy vs TFLOPs, Pareto front per
 model), ``schedules.png`` (per-layer keep ratios of each method and budget) and ``accuracy_vs_budget.png``.
 """
 from __future__ import annotations
@@ -59,6 +59,26 @@ def markdown(rows: list[dict]) -> str:
                  fmt(r["tflops"], ".4g"), fmt(r["flops_ratio"], ".3f"), fmt(r["prefill_ms"], ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def budget_tables(rows: list[dict]) -> str:
+    """Per model, average accuracy with one row per method and one column per requested budget (``none``: the
+    method's own, e.g. the full model or G-Search), each cell ``accuracy (achieved budget)``."""
+    budgets = sorted({r["budget"] for r in rows if r["budget"] is not None}, reverse=True)
+    columns = [None, *budgets] if any(r["budget"] is None for r in rows) else budgets
+    head = ["method", *("none" if b is None else f"{b:g}" for b in columns)]
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model]
+        lines = [f"**{model}** (average accuracy, achieved budget in brackets)", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method in sorted({r["method"] for r in mine}, key=lambda m: (m != "full", m)):
+            cells = {r["budget"]: r for r in mine if r["method"] == method}
+            lines.append("| " + " | ".join([method, *(
+                "—" if b not in cells or cells[b]["average"] is None
+                else f"{cells[b]['average']:.3f} ({cells[b]['budget_achieved']:.3f})" for b in columns)]) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -132,7 +152,7 @@ def build_report(runs_dir: Path, out: Path) -> dict:
     if not rows:
         raise FileNotFoundError(f"no complete results.json under {runs_dir}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown(rows))
+    (out / "report.md").write_text(markdown(rows) + "\n" + budget_tables(rows))
     (out / "report.json").write_text(json.dumps(rows, indent=1))
     files = [out / "report.md", out / "report.json", *plots(rows, out)]
     return {"rows": rows, "files": [str(f) for f in files]}

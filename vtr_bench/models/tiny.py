@@ -40,13 +40,13 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_LLAVA_DEFAULTS = {
     "image_size": IMAGE_SIZE, "patch_size": 4,
     "vision_hidden_size": 96, "vision_intermediate_size": 256, "vision_layers": 4, "vision_heads": 4,
-    "hidden_size": 128, "intermediate_size": 384, "num_layers": 8, "num_heads": 4, "num_kv_heads": 4,
+    "hidden_size": 96, "intermediate_size": 288, "num_layers": 12, "num_heads": 4, "num_kv_heads": 4,
     "max_position_embeddings": 512,
 }
 TINY_INTERNVL2_DEFAULTS = {
     "image_size": IMAGE_SIZE, "patch_size": 2, "downsample_ratio": 0.5,
     "vision_hidden_size": 96, "vision_intermediate_size": 256, "vision_layers": 4, "vision_heads": 4,
-    "hidden_size": 128, "intermediate_size": 384, "num_layers": 8, "num_heads": 4, "num_kv_heads": 2,
+    "hidden_size": 96, "intermediate_size": 288, "num_layers": 12, "num_heads": 4, "num_kv_heads": 4,
     "max_position_embeddings": 512,
 }
 
@@ -138,7 +138,8 @@ class TinyInternVLProcessor(InternVLProcessor):
     def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
         self.image_seq_length = image_seq_length
         self.start_image_token, self.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
-        self.start_image_token_id, self.end_image_token_id = tokenizer.start_image_token_id, tokenizer.end_image_token_id
+        self.start_image_token_id = tokenizer.start_image_token_id
+        self.end_image_token_id = tokenizer.end_image_token_id
         self.image_token, self.video_token = tokenizer.context_image_token, tokenizer.video_token
         self.image_token_id = tokenizer.context_image_token_id
         self.image_ids = [self.image_token_id, self.start_image_token_id, self.end_image_token_id]
@@ -191,5 +192,6 @@ def load_tiny(path: str | Path) -> tuple[torch.nn.Module, ProcessorMixin]:
         return (LlavaForConditionalGeneration.from_pretrained(path).eval(),
                 AutoProcessor.from_pretrained(path, use_fast=False))
     if model_type == "internvl":
-        return InternVLForConditionalGeneration.from_pretrained(path).eval(), TinyInternVLProcessor.from_pretrained(path)
+        return (InternVLForConditionalGeneration.from_pretrained(path).eval(),
+                TinyInternVLProcessor.from_pretrained(path))
     raise ValueError(f"{path}: model_type {model_type!r} is not a tiny vtr_bench family (llava, internvl)")

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-DATA_VERSION = "1"  # bump whenever generation changes: it names the materialised cache folder
+DATA_VERSION = "3"  # bump whenever generation changes: it names the materialised cache folder
 IMAGE_SIZE = 48
 GRID = 3
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (235, 200, 30)}
@@ -35,7 +35,7 @@ SPLIT_SIZES = {"test": 500, "search": 300}
 # Every word the questions, answers and captions can contain (lower-cased), plus prompt words and digits.
 _FIXED_WORDS = (
     "user assistant how many objects are there what color is the object in cell shape which row column "
-    "a describe image at yes no"
+    "a describe image yes no"
 ).split()
 PUNCTUATION = (":", "?", ".", ",")
 DIGITS = tuple(str(i) for i in range(10))
@@ -82,8 +82,11 @@ def render(objects: tuple[Obj, ...], image_size: int = IMAGE_SIZE) -> Image.Imag
 
 
 def caption(objects: tuple[Obj, ...]) -> str:
-    """Caption listing every object in reading order, e.g. ``"2 objects : a red circle at top left , ..."``."""
-    parts = [f"a {o.color} {o.shape} at {ROWS[o.row]} {COLS[o.col]}" for o in sorted(objects, key=lambda o: (o.row, o.col))]
+    """Caption naming each object after its cell, in reading order: ``"2 objects : top left red circle , ..."``.
+
+    The cell comes first so that every colour and shape token is predicted from a stated location.
+    """
+    parts = [f"{ROWS[o.row]} {COLS[o.col]} {o.color} {o.shape}" for o in sorted(objects, key=lambda o: (o.row, o.col))]
     noun = "object" if len(objects) == 1 else "objects"
     return f"{len(objects)} {noun} : " + " , ".join(parts) + " ."
 
@@ -94,7 +97,7 @@ def _random_objects(rng: random.Random, n: int, attrs: list[tuple[str, str]] | N
     objs = []
     for i, c in enumerate(cells):
         color, shape = attrs[i] if attrs else (rng.choice(list(COLORS)), rng.choice(SHAPES))
-        objs.append(Obj(c // GRID, c % GRID, color, shape, rng.randint(9, 13), rng.randint(-1, 1), rng.randint(-1, 1)))
+        objs.append(Obj(c // GRID, c % GRID, color, shape, rng.randint(11, 14), rng.randint(-1, 1), rng.randint(-1, 1)))
     return tuple(objs)
 
 
@@ -119,43 +122,57 @@ def _count_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
     return _random_objects(rng, n, attrs), question, str(k)
 
 
-def _color_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
-    objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
-    o = rng.choice(objs)
-    return objs, f"What color is the object in the {ROWS[o.row]} {COLS[o.col]} cell?", o.color
+def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, str] | None:
+    """Ask a random question of type ``qtype`` about a given scene; return (question, answer), or None if none fits.
+
+    Used for the balanced samples of every split (except ``count``, whose scenes are built per answer) and for
+    the extra conversation turns of training.
+    """
+    if qtype == "count":
+        variant = rng.choice(("all", "color", "shape"))
+        if variant == "all":
+            return "How many objects are there?", str(len(objects))
+        if variant == "color":
+            target = rng.choice(list(COLORS))
+            return f"How many {target} objects are there?", str(sum(o.color == target for o in objects))
+        target = rng.choice(SHAPES)
+        return f"How many {PLURALS[target]} are there?", str(sum(o.shape == target for o in objects))
+    if qtype in ("color", "shape"):
+        o = rng.choice(objects)
+        if qtype == "color":
+            return f"What color is the object in the {ROWS[o.row]} {COLS[o.col]} cell?", o.color
+        return f"What shape is in the {ROWS[o.row]} {COLS[o.col]} cell?", o.shape
+    if qtype == "position":
+        by = rng.choice(("color", "shape"))
+        unique = [o for o in objects if sum(getattr(p, by) == getattr(o, by) for p in objects) == 1]
+        if not unique:
+            return None
+        o = rng.choice(unique)
+        name = f"{o.color} object" if by == "color" else o.shape
+        if rng.random() < 0.5:
+            return f"Which row is the {name} in?", ROWS[o.row]
+        return f"Which column is the {name} in?", COLS[o.col]
+    by = rng.choice(("color", "shape"))
+    present = {getattr(o, by) for o in objects}
+    choices = sorted(present) if rng.random() < 0.5 else sorted(set(COLORS if by == "color" else SHAPES) - present)
+    if not choices:
+        return None
+    target = rng.choice(choices)
+    answer = "yes" if target in present else "no"
+    return (f"Is there a {target} object?" if by == "color" else f"Is there a {target}?"), answer
 
 
-def _shape_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
-    objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
-    o = rng.choice(objs)
-    return objs, f"What shape is in the {ROWS[o.row]} {COLS[o.col]} cell?", o.shape
+def _asked_question(qtype: str):
+    def make(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
+        while True:
+            objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
+            qa = ask(objs, qtype, rng)
+            if qa is not None:
+                return (objs, *qa)
+    return make
 
 
-def _position_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
-    while True:
-        objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
-        o = rng.choice(objs)
-        if sum((p.color, p.shape) == (o.color, o.shape) for p in objs) == 1:
-            break
-    if rng.random() < 0.5:
-        return objs, f"Which row is the {o.color} {o.shape} in?", ROWS[o.row]
-    return objs, f"Which column is the {o.color} {o.shape} in?", COLS[o.col]
-
-
-def _exist_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
-    objs = _random_objects(rng, rng.randint(1, MAX_OBJECTS))
-    present = {(o.color, o.shape) for o in objs}
-    if rng.random() < 0.5:
-        color, shape = rng.choice(sorted(present))
-        answer = "yes"
-    else:
-        color, shape = rng.choice(sorted({(c, s) for c in COLORS for s in SHAPES} - present))
-        answer = "no"
-    return objs, f"Is there a {color} {shape}?", answer
-
-
-_MAKERS = {"count": _count_question, "color": _color_question, "shape": _shape_question,
-           "position": _position_question, "exist": _exist_question}
+_MAKERS = {"count": _count_question, **{t: _asked_question(t) for t in ("color", "shape", "position", "exist")}}
 
 
 def make_sample(split: str, index: int, attempt: int = 0) -> dict:

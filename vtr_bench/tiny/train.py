@@ -3,10 +3,13 @@
     python -m vtr_bench.tiny.train --model tiny_llava --out vtr_bench/assets/tiny_llava
     python -m vtr_bench.tiny.train --all          # every tiny model into vtr_bench/assets/<name>
 
-The whole model (vision tower, projector, decoder) is trained with AdamW on streamed train samples; a share of
-each batch asks "Describe the image." with a full caption as target (LLaVA's stage-1 alignment idea: pure QA
-training plateaus). The loss covers only the target tokens. Afterwards the test split is scored with a batched
-greedy loop and the numbers go to ``TRAINING.md`` next to the checkpoint.
+Stage 0 stands in for the pretrained vision encoders of the real models: the vision tower and projector learn to
+make every vision token tell its grid cell's colour, shape, object, row and column (throw-away linear heads).
+Stage 1 is LLaVA-style instruction tuning with AdamW on streamed train samples: each image is packed with one
+question of every type and, for a share of images, "Describe the image." with a cell-by-cell caption (the caption
+targets of LLaVA's alignment stage); each packed question sees only the image prefix, exactly as the evaluated
+prompt. The loss covers only the answer tokens. Afterwards the test split is scored with a batched greedy loop and
+the numbers go to ``TRAINING.md`` next to the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,34 +26,136 @@ import torch
 from tqdm import tqdm
 
 from vtr_bench.models.tiny import ASSETS, PROMPT_TEMPLATE, build_tiny_internvl2, build_tiny_llava
-from vtr_bench.tiny.data import CAPTION_QUESTION, QUESTION_TYPES, baselines, iter_train, render, split_samples
+from vtr_bench.tiny.data import (CAPTION_QUESTION, COLORS, GRID, QUESTION_TYPES, SHAPES, ask, baselines, iter_train,
+                                 render, split_samples)
 
 BUILDERS = {"tiny_llava": build_tiny_llava, "tiny_internvl2": build_tiny_internvl2}
 HPARAMS = {
-    "tiny_llava": {"steps": 3000, "batch_size": 32, "lr": 1e-3, "caption_share": 0.25},
-    "tiny_internvl2": {"steps": 3000, "batch_size": 32, "lr": 1e-3, "caption_share": 0.25},
+    "tiny_llava": {"vision_steps": 600, "steps": 2000, "batch_size": 16, "lr": 1.5e-3, "caption_share": 0.5,
+                   "extra_questions": 6, "freeze_vision": True},
+    "tiny_internvl2": {"vision_steps": 400, "steps": 2200, "batch_size": 16, "lr": 1.5e-3, "caption_share": 0.5,
+                       "extra_questions": 6, "freeze_vision": True,
+                       "type_weights": {"count": 2, "color": 1, "shape": 1, "position": 2, "exist": 2}},
 }
 
 
-def make_batch(processor, samples: list[dict], caption_share: float, rng: random.Random) -> dict:
-    """Tokenise prompt + target (right padding) and label only the target tokens.
+def questions(sample: dict, rng: random.Random, extra_questions: int, caption_share: float,
+              type_weights: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """(question, answer) pairs trained on one image: the sample's own question, ``extra_questions`` more about the
+    same scene (types drawn with replacement, uniformly or by ``type_weights``; a type with no fitting question is
+    skipped) and, with probability ``caption_share``, "Describe the image." with the cell-by-cell caption."""
+    pairs = [(sample["question"], sample["answer"])]
+    weights = [type_weights[t] for t in QUESTION_TYPES] if type_weights else None
+    for qtype in rng.choices(QUESTION_TYPES, weights=weights, k=extra_questions):
+        qa = ask(sample["objects"], qtype, rng)
+        if qa is not None and qa not in pairs:
+            pairs.append(qa)
+    if rng.random() < caption_share:
+        pairs.append((CAPTION_QUESTION, sample["caption"]))
+    return pairs
 
-    With probability ``caption_share`` a sample's target is its caption instead of its answer.
+
+def make_batch(processor, samples: list[dict], caption_share: float, rng: random.Random,
+               extra_questions: int = 0, type_weights: dict[str, float] | None = None) -> dict:
+    """Pack several single-turn examples per image into one row that shares the image prefix.
+
+    A row is ``<s> USER: <image>...`` followed, per pair of :func:`questions`, by one segment: the rest of
+    ``PROMPT_TEMPLATE`` and `` {answer}</s>``. A 4-D attention mask lets each segment see the prefix and itself
+    only, and its position ids continue from the prefix, so every segment is computed exactly as the evaluated
+    prompt (tested) while the image is encoded once. Labels cover the answer tokens (and eos) only; right padding.
     """
-    images, texts, n_target = [], [], []
     tok = processor.tokenizer
+    head, image, tail = PROMPT_TEMPLATE.partition("<image>")
+    images, texts, layouts = [], [], []
     for s in samples:
-        question, answer = (CAPTION_QUESTION, s["caption"]) if rng.random() < caption_share else (s["question"], s["answer"])
-        target = f" {answer}{tok.eos_token}"
+        segments = [(tail.format(question=q), f" {a}{tok.eos_token}") for q, a in questions(s, rng, extra_questions,
+                                                                                          caption_share, type_weights)]
         images.append(render(s["objects"]))
-        texts.append(PROMPT_TEMPLATE.format(question=question) + target)
-        n_target.append(len(tok(target, add_special_tokens=False).input_ids))
+        texts.append(head + image + "".join(q + a for q, a in segments))
+        # word-level tokenisation is additive over pieces, so segment lengths can be counted piece by piece
+        layouts.append([tuple(len(tok(piece, add_special_tokens=False).input_ids) for piece in segment)
+                        for segment in segments])
     batch = processor(images=images, text=texts, return_tensors="pt", padding=True, padding_side="right")
-    labels = torch.full_like(batch["input_ids"], -100)
-    for i, (length, n) in enumerate(zip(batch["attention_mask"].sum(1).tolist(), n_target)):
-        labels[i, length - n:length] = batch["input_ids"][i, length - n:length]
-    batch["labels"] = labels
-    return dict(batch)
+    ids = batch["input_ids"]
+    n, width = ids.shape
+    labels = torch.full_like(ids, -100)
+    positions = torch.zeros_like(ids)
+    mask = torch.eye(width, dtype=torch.bool).repeat(n, 1, 1, 1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for i, (length, layout) in enumerate(zip(batch["attention_mask"].sum(1).tolist(), layouts)):
+        prefix = length - sum(q + a for q, a in layout)
+        positions[i, :prefix] = torch.arange(prefix)
+        mask[i, 0, :prefix, :prefix] = causal[:prefix, :prefix]
+        start = prefix
+        for q, a in layout:
+            end = start + q + a
+            positions[i, start:end] = torch.arange(prefix, prefix + q + a)
+            mask[i, 0, start:end, :prefix] = True
+            mask[i, 0, start:end, start:end] = causal[:q + a, :q + a]
+            labels[i, start + q:end] = ids[i, start + q:end]
+            start = end
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+            "pixel_values": batch["pixel_values"], "labels": labels}
+
+
+def _token_grid(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The LLM's vision tokens (projected image features, a square grid in row-major order): (B, side, side, D)."""
+    cfg = model.config
+    feats = model.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
+                                           vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+    feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+    side = math.isqrt(feats.shape[1])
+    return feats.view(feats.shape[0], side, side, feats.shape[-1])
+
+
+def _token_targets(samples: list[dict], side: int) -> dict[str, torch.Tensor]:
+    """Per-token labels: the colour, the shape and the (colour, shape) object (0 = empty) of the token's grid cell,
+    and the cell's row and column."""
+    cell = torch.arange(side) * GRID // side
+    out = {"row": cell.view(1, side, 1).expand(len(samples), side, side),
+           "col": cell.view(1, 1, side).expand(len(samples), side, side)}
+    grids = {k: torch.zeros(len(samples), GRID, GRID, dtype=torch.long) for k in ("color", "shape", "object")}
+    for i, s in enumerate(samples):
+        for o in s["objects"]:
+            color, shape = list(COLORS).index(o.color), SHAPES.index(o.shape)
+            grids["color"][i, o.row, o.col] = color + 1
+            grids["shape"][i, o.row, o.col] = shape + 1
+            grids["object"][i, o.row, o.col] = color * len(SHAPES) + shape + 1
+    for k, g in grids.items():
+        out[k] = g[:, cell][:, :, cell]
+    return out
+
+
+def pretrain_vision(model, processor, steps: int, batch_size: int, lr: float, seed: int) -> float:
+    """Stage 0, a stand-in for the pretrained CLIP / InternViT of the real models: train the vision tower and
+    projector so that every vision token tells, through throw-away linear heads, the colour, shape and object
+    (colour and shape together, as CLIP features name whole objects; or empty) of its grid cell and the cell's row
+    and column. Returns the mean per-token accuracy on 200 search images."""
+    dim = model.config.text_config.hidden_size
+    sizes = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "object": len(COLORS) * len(SHAPES) + 1,
+             "row": GRID, "col": GRID}
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in sizes.items()})
+    params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
+    opt = torch.optim.AdamW(params + list(heads.parameters()), lr=lr, weight_decay=0.01)
+
+    def step_loss(samples):
+        pv = processor.image_processor([render(s["objects"]) for s in samples], return_tensors="pt")["pixel_values"]
+        tokens = _token_grid(model, pv)
+        targets = _token_targets(samples, tokens.shape[1])
+        logits = {k: heads[k](tokens) for k in sizes}
+        loss = sum(torch.nn.functional.cross_entropy(logits[k].flatten(0, 2), targets[k].flatten()) for k in sizes)
+        correct = sum((logits[k].argmax(-1) == targets[k]).float().mean() for k in sizes) / len(sizes)
+        return loss, correct
+
+    stream = iter_train(start=10_000_000 + seed)
+    model.train()
+    for _ in tqdm(range(steps), desc="stage 0: vision", mininterval=5):
+        loss, _ = step_loss(list(itertools.islice(stream, batch_size)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(step_loss(split_samples("search")[:200])[1])
 
 
 @torch.no_grad()
@@ -72,18 +177,28 @@ def evaluate(model, processor, samples: list[dict], batch_size: int = 50, max_ne
     return acc
 
 
-def train(name: str, out: Path, steps: int, batch_size: int, lr: float, caption_share: float, seed: int = 0,
-          threads: int = 1, eval_every: int = 0) -> dict:
-    """Train tiny model ``name`` from scratch, save checkpoint + processor + TRAINING.md to ``out``; return metrics.
+def fit(name: str, vision_steps: int, steps: int, batch_size: int, lr: float, caption_share: float,
+        extra_questions: int, freeze_vision: bool, type_weights: dict[str, float] | None = None, seed: int = 0,
+        threads: int = 1, eval_every: int = 0):
+    """Train tiny model ``name`` from scratch; returns ``(model, processor, timings)``. Deterministic for a given
+    ``seed`` and ``threads`` (tested).
 
+    Stage 0 pretrains the vision tower (:func:`pretrain_vision`); stage 1 trains the model on packed rows
+    (:func:`make_batch`), all but the vision tower with ``freeze_vision`` (as LLaVA-1.5 keeps CLIP frozen).
     ``eval_every`` > 0 prints the accuracy on the first 100 search samples every that many steps (not timed).
     """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model, processor = BUILDERS[name](seed=seed)
+    start = time.perf_counter()
+    cell_acc = pretrain_vision(model, processor, vision_steps, batch_size, 2e-3, seed)
+    vision_s = time.perf_counter() - start
+    tqdm.write(f"stage 0: cell accuracy {cell_acc:.4f} after {vision_s:.0f} s")
     rng = random.Random(seed)
     stream = iter_train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    model.model.vision_tower.requires_grad_(not freeze_vision)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01,
+                            betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -91,7 +206,8 @@ def train(name: str, out: Path, steps: int, batch_size: int, lr: float, caption_
     model.train()
     bar = tqdm(range(steps), desc=f"train {name}", mininterval=5)
     for step in bar:
-        batch = make_batch(processor, list(itertools.islice(stream, batch_size)), caption_share, rng)
+        batch = make_batch(processor, list(itertools.islice(stream, batch_size)), caption_share, rng, extra_questions,
+                           type_weights)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,17 +221,23 @@ def train(name: str, out: Path, steps: int, batch_size: int, lr: float, caption_
                        f"{evaluate(model, processor, split_samples('search')[:100])}")
             model.train()
             start += time.perf_counter() - paused
-    train_s = time.perf_counter() - start
-    model.eval()
-    acc = evaluate(model, processor, split_samples("test"))
-    search_acc = evaluate(model, processor, split_samples("search"))["exact_match"]
+    timings = {"train_seconds": time.perf_counter() - start + vision_s, "vision_seconds": vision_s,
+               "cell_accuracy": cell_acc}
+    return model.eval(), processor, timings
+
+
+def train(name: str, out: Path, seed: int = 0, threads: int = 1, eval_every: int = 0, **hp) -> dict:
+    """:func:`fit` tiny model ``name`` with hyper-parameters ``hp``, score it on the test and search splits, save
+    checkpoint + processor + ``TRAINING.md`` to ``out``; returns the metrics."""
+    model, processor, metrics = fit(name, seed=seed, threads=threads, eval_every=eval_every, **hp)
+    metrics["test"] = evaluate(model, processor, split_samples("test"))
+    metrics["search_exact_match"] = evaluate(model, processor, split_samples("search"))["exact_match"]
+    metrics["baselines_test"] = baselines(split_samples("test"))
+    metrics["params"] = sum(p.numel() for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    metrics = {"train_seconds": train_s, "test": acc, "search_exact_match": search_acc,
-               "baselines_test": baselines(split_samples("test")), "params": sum(p.numel() for p in model.parameters())}
-    _write_report(out / "TRAINING.md", name, model, metrics, steps=steps, batch_size=batch_size, lr=lr,
-                  caption_share=caption_share, seed=seed, threads=threads)
+    _write_report(out / "TRAINING.md", name, model, metrics, seed=seed, threads=threads, **hp)
     return metrics
 
 
@@ -128,8 +250,14 @@ def _write_report(path: Path, name: str, model, metrics: dict, **hp) -> None:
         f"Command: `python -m vtr_bench.tiny.train --model {name} --out vtr_bench/assets/{name}`"
         f" (hyper-parameters: {', '.join(f'{k}={v}' for k, v in hp.items())}).",
         f"Machine: 2-core CPU, torch {torch.__version__}, {hp['threads']} thread(s), float32.",
-        f"Training wall time: {metrics['train_seconds'] / 60:.1f} min ({hp['steps'] * hp['batch_size']} samples).",
-        f"Model: {metrics['params'] / 1e6:.2f} M parameters; decoder {text.model_type}, {text.num_hidden_layers} layers, "
+        f"Training wall time: {metrics['train_seconds'] / 60:.1f} min in all, of which stage 0 (vision pretraining, "
+        f"{hp['vision_steps']} steps) {metrics['vision_seconds'] / 60:.1f} min, reaching a per-token accuracy "
+        f"(cell colour, shape, object, row, column) of "
+        f"{metrics['cell_accuracy']:.4f}; stage 1: {hp['steps']} steps x {hp['batch_size']} images, each packed with "
+        f"up to {1 + hp['extra_questions']} questions (+ a caption for a share of {hp['caption_share']}).",
+        "The machine was shared with other work while training, so the time is an upper bound.",
+        f"Model: {metrics['params'] / 1e6:.2f} M parameters; decoder {text.model_type}, "
+        f"{text.num_hidden_layers} layers, "
         f"hidden {text.hidden_size}; {model.config.image_seq_length} image tokens per image.",
         "",
         "Exact-match accuracy on the `shapes` test split (500 samples, greedy, batch 50, left padding):",
@@ -158,10 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--model", choices=sorted(BUILDERS))
     group.add_argument("--all", action="store_true", help="train every tiny model into vtr_bench/assets/<name>")
     parser.add_argument("--out", type=Path, help="output folder (default vtr_bench/assets/<model>)")
+    parser.add_argument("--vision-steps", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--caption-share", type=float)
+    parser.add_argument("--extra-questions", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-every", type=int, default=0, help="print search accuracy every N steps")
@@ -169,8 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     names = sorted(BUILDERS) if args.all else [args.model]
     for name in names:
         hp = dict(HPARAMS[name])
-        hp.update({k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                     "caption_share": args.caption_share}.items() if v is not None})
+        overrides = {"vision_steps": args.vision_steps, "steps": args.steps, "batch_size": args.batch_size,
+                     "lr": args.lr, "caption_share": args.caption_share, "extra_questions": args.extra_questions}
+        hp.update({k: v for k, v in overrides.items() if v is not None})
         out = args.out if args.out is not None and not args.all else ASSETS / name
         metrics = train(name, out, seed=args.seed, threads=args.threads, eval_every=args.eval_every, **hp)
         print(f"{name}: test exact_match {metrics['test']['exact_match']:.3f} "

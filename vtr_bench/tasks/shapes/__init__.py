@@ -1,4 +1,4 @@
-"""Local lmms-eval tasks on the synthetic shapes benchmark: ``shapes`` (test split) and ``shapes_search`` (search split).
+"""Local lmms-eval tasks of the synthetic shapes benchmark: ``shapes`` (test split), ``shapes_search`` (search split).
 
 lmms-eval resolves a relative ``dataset_path`` against the working directory, so the dataset and the task YAMLs
 (with absolute paths) are generated into a cache folder by :func:`materialize`, whose result is passed as
