@@ -41,6 +41,6 @@ def test_mode_writes_matrix_and_heatmap(tmp_path):
     saved = json.loads((tmp_path / RESULT_FILE).read_text())
     assert saved["tau"] == results["tau"] and saved["samples"] == 2 and saved["split"] == "search"
     tau = np.array(saved["tau"])
-    assert tau.shape == (8, 8) and np.allclose(tau, tau.T) and np.allclose(np.diag(tau), 1)
-    assert len(saved["adjacent_tau"]) == 7 and -1 <= saved["mean_tau_from_start_layer"] <= 1
+    assert tau.shape == (12, 12) and np.allclose(tau, tau.T) and np.allclose(np.diag(tau), 1)
+    assert len(saved["adjacent_tau"]) == 11 and -1 <= saved["mean_tau_from_start_layer"] <= 1
     assert (tmp_path / HEATMAP_FILE).stat().st_size > 0

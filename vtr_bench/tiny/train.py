@@ -1,14 +1,14 @@
 """Train the bundled tiny checkpoints on the synthetic shapes benchmark (CPU, deterministic).
 
     python -m vtr_bench.tiny.train --model tiny_llava --out vtr_bench/assets/tiny_llava
-    python -m vtr_bench.tiny.train --all          # every tiny model into vtr_bench/assets/<name>
+    python -m vtr_bench.tiny.train --all          # every tiny model into vtr_bench/assets/<name>, in parallel
 
 Stage 0 stands in for the pretrained vision encoders of the real models: the vision tower and projector learn to
 make every vision token tell its grid cell's colour, shape, object, row and column (throw-away linear heads).
-Stage 1 is LLaVA-style instruction tuning with AdamW on streamed train samples: each image is packed with one
-question of every type and, for a share of images, "Describe the image." with a cell-by-cell caption (the caption
-targets of LLaVA's alignment stage); each packed question sees only the image prefix, exactly as the evaluated
-prompt. The loss covers only the answer tokens. Afterwards the test split is scored with a batched greedy loop and
+Stage 1 is LLaVA-style instruction tuning with AdamW on streamed train samples: each image is packed with its
+question, more questions about the same scene and, for a share of images, "Describe the image." with a cell-by-cell
+caption (the caption targets of LLaVA's alignment stage); each packed question sees only the image prefix, exactly
+as the evaluated prompt. The loss covers only the answer tokens. Afterwards the test split is scored with a batched greedy loop and
 the numbers go to ``TRAINING.md`` next to the checkpoint.
 """
 
@@ -18,6 +18,8 @@ import argparse
 import itertools
 import math
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -296,16 +298,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-every", type=int, default=0, help="print search accuracy every N steps")
     args = parser.parse_args(argv)
-    names = sorted(BUILDERS) if args.all else [args.model]
-    for name in names:
-        hp = dict(HPARAMS[name])
-        overrides = {"vision_steps": args.vision_steps, "steps": args.steps, "batch_size": args.batch_size,
-                     "lr": args.lr, "caption_share": args.caption_share, "extra_questions": args.extra_questions}
-        hp.update({k: v for k, v in overrides.items() if v is not None})
-        out = args.out if args.out is not None and not args.all else ASSETS / name
-        metrics = train(name, out, seed=args.seed, threads=args.threads, eval_every=args.eval_every, **hp)
-        print(f"{name}: test exact_match {metrics['test']['exact_match']:.3f} "
-              f"({metrics['train_seconds'] / 60:.1f} min) -> {out}")
+    if args.all:
+        if args.out is not None:
+            parser.error("--out names one model's folder; --all writes vtr_bench/assets/<name>")
+        _train_all([a for a in (sys.argv[1:] if argv is None else argv) if a != "--all"])
+        return
+    hp = dict(HPARAMS[args.model])
+    overrides = {"vision_steps": args.vision_steps, "steps": args.steps, "batch_size": args.batch_size,
+                 "lr": args.lr, "caption_share": args.caption_share, "extra_questions": args.extra_questions}
+    hp.update({k: v for k, v in overrides.items() if v is not None})
+    out = args.out if args.out is not None else ASSETS / args.model
+    metrics = train(args.model, out, seed=args.seed, threads=args.threads, eval_every=args.eval_every, **hp)
+    print(f"{args.model}: test exact_match {metrics['test']['exact_match']:.3f} "
+          f"({metrics['train_seconds'] / 60:.1f} min) -> {out}")
+
+
+def _train_all(options: list[str]) -> None:
+    """Train every tiny model at once, one process each (one thread each: the 2-core machine trains both in the
+    time of the slower); exits non-zero naming the models that failed."""
+    procs = {name: subprocess.Popen([sys.executable, "-m", "vtr_bench.tiny.train", "--model", name, *options])
+             for name in sorted(BUILDERS)}
+    failed = [name for name, proc in procs.items() if proc.wait() != 0]
+    if failed:
+        sys.exit(f"vtr_bench.tiny.train: error: training failed for {', '.join(failed)}")
 
 
 if __name__ == "__main__":
