@@ -134,15 +134,15 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     ax.set(xlabel="decoder layer", ylabel="keep ratio", title="keep schedules", ylim=(0, 1.05))
     paths.append(_finish(fig, ax, out / "schedules.png", legend_size=6, ncol=2))
 
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for model in models:
-        for method in methods:
+    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5.5 * max(1, len(models)), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for i, method in enumerate(methods):
             pts = sorted((r["budget_achieved"], r["average"]) for r in scored
                          if r["model"] == model and r["method"] == method)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{model} {method}")
-    ax.set(xlabel="achieved budget (mean keep ratio)", ylabel="average accuracy", title="accuracy vs budget")
-    paths.append(_finish(fig, ax, out / "accuracy_vs_budget.png"))
+                ax.plot(*zip(*pts), marker="os^vDP*X"[i % 8], color=plt.cm.tab10(i % 10), label=method)
+        ax.set(xlabel="achieved budget (mean keep ratio)", ylabel="average accuracy", title=model)
+    paths.append(_finish(fig, list(axes[0][:len(models)]), out / "accuracy_vs_budget.png"))
     return paths
 
 
