@@ -101,25 +101,32 @@ def _random_objects(rng: random.Random, n: int, attrs: list[tuple[str, str]] | N
     return tuple(objs)
 
 
+def _count_wording(variant: str, target: str = "") -> str:
+    """The count question of ``variant``: all objects, the objects of colour ``target``, or the shapes ``target``."""
+    if variant == "all":
+        return "How many objects are there?"
+    if variant == "color":
+        return f"How many {target} objects are there?"
+    return f"How many {PLURALS[target]} are there?"
+
+
 def _count_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
     variant = rng.choice(("all", "color", "shape"))
     if variant == "all":
         n = rng.randint(1, MAX_OBJECTS)
-        return _random_objects(rng, n), "How many objects are there?", str(n)
+        return _random_objects(rng, n), _count_wording(variant), str(n)
     k = rng.randint(0, 4)
     n = rng.randint(max(k, 1), MAX_OBJECTS)
     if variant == "color":
         target = rng.choice(list(COLORS))
         others = [c for c in COLORS if c != target]
         attrs = [(target if i < k else rng.choice(others), rng.choice(SHAPES)) for i in range(n)]
-        question = f"How many {target} objects are there?"
     else:
         target = rng.choice(SHAPES)
         others = [s for s in SHAPES if s != target]
         attrs = [(rng.choice(list(COLORS)), target if i < k else rng.choice(others)) for i in range(n)]
-        question = f"How many {PLURALS[target]} are there?"
     rng.shuffle(attrs)
-    return _random_objects(rng, n, attrs), question, str(k)
+    return _random_objects(rng, n, attrs), _count_wording(variant, target), str(k)
 
 
 def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, str] | None:
@@ -131,12 +138,9 @@ def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, 
     if qtype == "count":
         variant = rng.choice(("all", "color", "shape"))
         if variant == "all":
-            return "How many objects are there?", str(len(objects))
-        if variant == "color":
-            target = rng.choice(list(COLORS))
-            return f"How many {target} objects are there?", str(sum(o.color == target for o in objects))
-        target = rng.choice(SHAPES)
-        return f"How many {PLURALS[target]} are there?", str(sum(o.shape == target for o in objects))
+            return _count_wording(variant), str(len(objects))
+        target = rng.choice(list(COLORS) if variant == "color" else SHAPES)
+        return _count_wording(variant, target), str(sum(getattr(o, variant) == target for o in objects))
     if qtype in ("color", "shape"):
         o = rng.choice(objects)
         if qtype == "color":
