@@ -5,8 +5,8 @@ from vtr_bench.report import build_report, pareto_front
 from vtr_bench.tracking.results import write_json_atomic
 
 
-def _write_run(root, model, method, budget, acc, tflops, status="complete"):
-    run = root / model / method / f"b{budget}"
+def _write_run(root, model, method, budget, acc, tflops, status="complete", run_id=None):
+    run = root / model / method / (run_id or f"b{budget}")
     achieved = 1.0 if budget is None else budget
     write_json_atomic(run / "results.json", {
         "status": status, "model": model, "method": method, "budget_requested": budget, "budget_achieved": achieved,
@@ -35,6 +35,13 @@ def test_report_table_and_plots(tmp_path):
     for name in ("pareto.png", "schedules.png", "accuracy_vs_budget.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(json.loads((tmp_path / "report" / "report.json").read_text())) == 3
+
+
+def test_budget_table_shows_every_run_of_a_cell(tmp_path):
+    _write_run(tmp_path, "tiny", "fastv", 0.5, 0.8, 1.1)
+    _write_run(tmp_path, "tiny", "fastv", 0.5, 0.6, 1.1, run_id="k1")  # same method and budget, other parameters
+    build_report(tmp_path, tmp_path / "report")
+    assert "| fastv | 0.800 (0.500) / 0.600 (0.500) |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_pareto_front_keeps_only_undominated_points():

@@ -3,8 +3,9 @@
     python -m vtr_bench.report [--runs runs] [--out runs/report]
 
 Reads every complete ``results.json`` under ``--runs`` and writes ``report.md`` (accuracy per task, average,
-TFLOPs, FLOPs ratio, prefill latency, achieved budget; then per model a method x budget table), ``pareto.png`` (accuracy vs TFLOPs, Pareto front per
-model), ``schedules.png`` (per-layer keep ratios of each method and budget) and ``accuracy_vs_budget.png``.
+TFLOPs, FLOPs ratio, prefill latency, achieved budget; then per model a method x budget table), ``pareto.png``
+(accuracy vs TFLOPs, Pareto front per model), ``schedules.png`` (per-layer keep ratios of each method and budget)
+and ``accuracy_vs_budget.png`` (one panel per model).
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def markdown(rows: list[dict]) -> str:
 
 def budget_tables(rows: list[dict]) -> str:
     """Per model, average accuracy with one row per method and one column per requested budget (``none``: the
-    method's own, e.g. the full model or G-Search), each cell ``accuracy (achieved budget)``."""
+    method's own, e.g. the full model or G-Search), each cell ``accuracy (achieved budget)``; runs of one method
+    and budget with other parameters (e.g. FastV with two ``k``) share their cell, separated by `` / ``."""
     budgets = sorted({r["budget"] for r in rows if r["budget"] is not None}, reverse=True)
     columns = [None, *budgets] if any(r["budget"] is None for r in rows) else budgets
     head = ["method", *("none" if b is None else f"{b:g}" for b in columns)]
@@ -73,10 +75,10 @@ def budget_tables(rows: list[dict]) -> str:
         lines = [f"**{model}** (average accuracy, achieved budget in brackets)", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method in sorted({r["method"] for r in mine}, key=lambda m: (m != "full", m)):
-            cells = {r["budget"]: r for r in mine if r["method"] == method}
-            lines.append("| " + " | ".join([method, *(
-                "—" if b not in cells or cells[b]["average"] is None
-                else f"{cells[b]['average']:.3f} ({cells[b]['budget_achieved']:.3f})" for b in columns)]) + " |")
+            cells = [" / ".join(f"{r['average']:.3f} ({r['budget_achieved']:.3f})" for r in mine
+                                if r["method"] == method and r["budget"] == b and r["average"] is not None) or "—"
+                     for b in columns]
+            lines.append("| " + " | ".join([method, *cells]) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -115,7 +117,8 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     models = sorted({r["model"] for r in scored})
     methods = sorted({r["method"] for r in rows})
 
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5.5 * max(1, len(models)), 4.2), squeeze=False)
+    panels = max(1, len(models))
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = [r for r in scored if r["model"] == model]
         for method in methods:
@@ -134,7 +137,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     ax.set(xlabel="decoder layer", ylabel="keep ratio", title="keep schedules", ylim=(0, 1.05))
     paths.append(_finish(fig, ax, out / "schedules.png", legend_size=6, ncol=2))
 
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5.5 * max(1, len(models)), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         for i, method in enumerate(methods):
             pts = sorted((r["budget_achieved"], r["average"]) for r in scored
