@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every method against every budget on both bundled tiny models (CPU, about 15 min on 2 cores): the README's
+# Every method against every budget on both bundled tiny models (CPU; measured 22 min of one core): the README's
 # "Results on the bundled tiny models". Runs go to runs/tiny/ and runs/tiny_shallow/, tables and plots to their
 # report/ folders.
 #

@@ -257,7 +257,7 @@ def _write_report(path: Path, name: str, model, metrics: dict, **hp) -> None:
         f"(cell colour, shape, object, row, column) of "
         f"{metrics['cell_accuracy']:.4f}; stage 1: {hp['steps']} steps x {hp['batch_size']} images, each packed with "
         f"up to {1 + hp['extra_questions']} questions (+ a caption for a share of {hp['caption_share']}).",
-        "The machine was shared with other work while training, so the time is an upper bound.",
+        "Wall time of this run on this machine; other work running alongside lengthens it.",
         f"Model: {metrics['params'] / 1e6:.2f} M parameters; decoder {text.model_type}, "
         f"{text.num_hidden_layers} layers, "
         f"hidden {text.hidden_size}; {model.config.image_seq_length} image tokens per image.",
