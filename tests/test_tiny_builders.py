@@ -8,7 +8,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from vtr_bench.models.tiny import PROMPT_TEMPLATE, build_tiny_llava, build_tokenizer  # noqa: E402
+from vtr_bench.models.tiny import PROMPT_TEMPLATE, build_tiny_internvl2, build_tiny_llava, build_tokenizer  # noqa: E402
 from vtr_bench.tiny import data  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def test_tiny_llava_save_load_round_trip(llava, tmp_path):
 
 
 def test_tiny_internvl2_tokens_and_round_trip(tmp_path):
-    from vtr_bench.models.tiny import TinyInternVLProcessor, build_tiny_internvl2, load_tiny
+    from vtr_bench.models.tiny import TinyInternVLProcessor, load_tiny
 
     model, processor = build_tiny_internvl2()
     assert type(processor) is TinyInternVLProcessor
@@ -98,13 +98,15 @@ def test_tiny_internvl2_tokens_and_round_trip(tmp_path):
         assert torch.equal(model(**batch).logits, model2(**batch2).logits)
 
 
-def test_packed_training_rows_equal_single_prompts(llava):
-    """Each packed segment (shared image prefix, 4-D mask) gives the logits of its own single-turn prompt."""
+@pytest.mark.parametrize("name", ["tiny_llava", "tiny_internvl2"])
+def test_packed_training_rows_equal_single_prompts(name, llava):
+    """Each packed segment (shared image prefix, 4-D mask) gives the logits of its own single-turn prompt, in both
+    families (Llama and Qwen2 decoders take the 4-D mask and position ids alike)."""
     import random
 
     from vtr_bench.tiny.train import make_batch, questions
 
-    model, processor = llava
+    model, processor = llava if name == "tiny_llava" else build_tiny_internvl2()
     tok = processor.tokenizer
     samples = data.split_samples("search")[:2]
     batch = make_batch(processor, samples, caption_share=1.0, rng=random.Random(0), extra_questions=4)
