@@ -1,4 +1,5 @@
 """Every config composes and binds without loading weights (lightning-hydra-template style)."""
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,25 @@ def test_slurm_launcher_config_composes():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_run_id_follows_the_local_weights(tmp_path, monkeypatch):
+    """A retrained checkpoint gets new run ids, so a resumed sweep does not reuse numbers of the old weights."""
+    from vtr_bench.models import loader
+    from vtr_bench.run import run_id
+
+    monkeypatch.setattr(loader, "ASSETS", tmp_path)
+    (tmp_path / "tiny_llava").mkdir()
+    weights = tmp_path / "tiny_llava" / "model.safetensors"
+    weights.write_bytes(b"old")
+    bundled = compose_config("model=tiny_llava", "method=fastv", "budget=0.5")
+    first = run_id(bundled)
+    assert run_id(bundled) == first
+    weights.write_bytes(b"new")
+    assert run_id(bundled) != first
+    built = compose_config("model=tiny_random_llava", "method=fastv", "budget=0.5")
+    assert loader.local_weights_stamp(built.model) is None
+    local = compose_config(f"model.path={tmp_path / 'tiny_llava'}", "method=fastv", "budget=0.5")
+    before = run_id(local)
+    os.utime(weights, ns=(0, 0))
+    assert run_id(local) != before

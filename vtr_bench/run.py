@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vtr_bench.errors import ConfigError
 from vtr_bench.methods.base import Method
+from vtr_bench.models.loader import local_weights_stamp
 from vtr_bench.reduction.flops import DecoderDims, flops_report, kv_cache_bytes, prefill_macs
 
 RUN_MODES = ("eval", "flops", "rank_stability")
@@ -174,8 +175,11 @@ VOLATILE_KEYS = {"run": ("out_dir", "cache_dir", "show_progress", "force"), "log
 
 
 def run_id(cfg: DictConfig) -> str:
-    """A deterministic id from the resolved config (budget tag + hash), so a re-run finds its finished results."""
+    """A deterministic id from the resolved config and the local checkpoint's weights (budget tag + hash), so a
+    re-run finds its finished results and a retrained checkpoint does not."""
     data = OmegaConf.to_container(cfg, resolve=True)
+    if (weights := local_weights_stamp(cfg.model)) is not None:
+        data["weights"] = weights
     for key, subkeys in VOLATILE_KEYS.items():
         if subkeys is None:
             data.pop(key, None)

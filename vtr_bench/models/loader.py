@@ -52,6 +52,30 @@ def resolve_checkpoint(cfg) -> str | None:
     return str(repo_id)
 
 
+def local_weights_stamp(cfg) -> str | None:
+    """A digest of a local checkpoint's weight files, so that finished runs are not reused after a retrain: the
+    bytes of a bundled checkpoint (``model.asset``, a few MB), or the names, sizes and modification times of the
+    ``*.safetensors`` / ``*.bin`` files in ``model.path`` (large: not read). None for hub and built models, and for
+    a missing directory (loading reports that)."""
+    import hashlib
+
+    if cfg.get("path"):
+        folder, read_bytes = Path(str(cfg.path)).expanduser(), False
+    elif cfg.get("asset"):
+        folder, read_bytes = ASSETS / str(cfg.asset), True
+    else:
+        return None
+    files = sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}|{stat.st_size}|".encode())
+        digest.update(f.read_bytes() if read_bytes else str(stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
 def native_checkpoint(cfg, source: str) -> str:
     """``source``, or for an OpenGVLab remote-code InternVL2 checkpoint its conversion to the transformers-native
     format (:mod:`vtr_bench.models.internvl2`), made once in ``model.converted_dir`` and reused while its source
