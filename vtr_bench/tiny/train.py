@@ -35,7 +35,7 @@ BUILDERS = {"tiny_llava": build_tiny_llava, "tiny_internvl2": build_tiny_internv
 HPARAMS = {
     "tiny_llava": {"vision_steps": 600, "steps": 2000, "batch_size": 16, "lr": 1.5e-3, "caption_share": 0.5,
                    "extra_questions": 6, "freeze_vision": True},
-    "tiny_internvl2": {"vision_steps": 400, "steps": 2200, "batch_size": 16, "lr": 1.5e-3, "caption_share": 0.5,
+    "tiny_internvl2": {"vision_steps": 400, "steps": 3400, "batch_size": 16, "lr": 1.5e-3, "caption_share": 0.5,
                        "extra_questions": 6, "freeze_vision": True,
                        "type_weights": {"count": 2, "color": 1, "shape": 1, "position": 2, "exist": 2}},
 }
