@@ -155,15 +155,21 @@ def test_vision_pretraining_targets_follow_the_grid(llava):
 
 @pytest.mark.parametrize("name", ["tiny_llava", "tiny_internvl2"])
 def test_bundled_checkpoint_answers_the_benchmark(name):
-    """The shipped checkpoints are small and trained: far above the blind baselines on test questions."""
+    """The shipped checkpoints are small, reach 0.85 on the test split (text-only baseline: 0.33) and are the weights
+    their TRAINING.md reports on."""
+    import re
+
     from vtr_bench.models.tiny import ASSETS, load_tiny
     from vtr_bench.tiny.train import evaluate
 
     path = ASSETS / name
     assert (path / "model.safetensors").stat().st_size < 20e6
-    assert "Training wall time" in (path / "TRAINING.md").read_text()
+    record = (path / "TRAINING.md").read_text()
+    assert "Training wall time" in record
     model, processor = load_tiny(path)
-    assert evaluate(model, processor, data.split_samples("test")[:100])["exact_match"] >= 0.7  # text-only: 0.33
+    accuracy = evaluate(model, processor, data.split_samples("test"))["exact_match"]
+    assert accuracy >= 0.85
+    assert f"{accuracy:.3f}" == re.search(r"^\| exact_match \| ([0-9.]+) \|$", record, re.M).group(1)
 
 
 def test_training_is_deterministic():
