@@ -175,14 +175,14 @@ def test_bundled_checkpoint_answers_the_benchmark(name):
 @pytest.mark.parametrize("name", ["tiny_llava", "tiny_internvl2"])
 def test_training_is_deterministic(name):
     """`make tiny-models` is reproducible: two short trainings with one seed give bitwise-identical weights."""
-    from vtr_bench.tiny.train import BUILDERS, fit
+    from vtr_bench.tiny.train import BUILDERS, HPARAMS, fit
 
     hp = dict(vision_steps=2, steps=2, batch_size=2, lr=1e-3, caption_share=0.5, extra_questions=2,
-              freeze_vision=True, type_weights={"count": 2, "color": 1, "shape": 1, "position": 2, "exist": 2})
+              freeze_vision=True, type_weights=HPARAMS["tiny_internvl2"]["type_weights"])
     first, _, timings = fit(name, **hp)
     second = dict(fit(name, **hp)[0].named_parameters())
     initial = dict(BUILDERS[name]()[0].named_parameters())
     assert 0 <= timings["cell_accuracy"] <= 1
-    for name, param in first.named_parameters():
-        assert torch.equal(param, second[name]), name
+    for parameter, weights in first.named_parameters():
+        assert torch.equal(weights, second[parameter]), parameter
     assert not torch.equal(first.lm_head.weight, initial["lm_head.weight"])  # it did train

@@ -23,21 +23,28 @@ def _hub_hint(repo_id: str, family: str) -> str:
             f"model={CPU_MODELS.get(family, 'tiny_llava')}")
 
 
+def _local_checkpoint(cfg) -> tuple[Path, bool] | None:
+    """``(directory, bundled)`` of a local checkpoint: ``model.path`` first, then the bundled ``model.asset``; None
+    for hub and built models."""
+    if cfg.get("path"):
+        return Path(str(cfg.path)).expanduser(), False
+    if cfg.get("asset"):
+        return ASSETS / str(cfg.asset), True
+    return None
+
+
 def resolve_checkpoint(cfg) -> str | None:
     """The local directory (or hub id) to load from; raises a one-line ModelLoadError when it is unavailable.
 
     Order: ``model.path`` (must exist), then ``model.asset`` (bundled in the package), then ``model.repo_id``
     (from the local HF cache when ``HF_HUB_OFFLINE=1``, else from the hub). None means: build from config.
     """
-    if cfg.get("path"):
-        path = Path(str(cfg.path)).expanduser()
+    local = _local_checkpoint(cfg)
+    if local is not None:
+        path, bundled = local
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"model.path {path} has no config.json (missing checkpoint directory)")
-        return str(path)
-    if cfg.get("asset"):
-        path = ASSETS / str(cfg.asset)
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"bundled checkpoint {path} is missing; rebuild it with `make tiny-models`")
+            raise ModelLoadError(f"bundled checkpoint {path} is missing; rebuild it with `make tiny-models`" if bundled
+                                 else f"model.path {path} has no config.json (missing checkpoint directory)")
         return str(path)
     repo_id = cfg.get("repo_id")
     if not repo_id:
@@ -59,12 +66,10 @@ def local_weights_stamp(cfg) -> str | None:
     a missing directory (loading reports that)."""
     import hashlib
 
-    if cfg.get("path"):
-        folder, read_bytes = Path(str(cfg.path)).expanduser(), False
-    elif cfg.get("asset"):
-        folder, read_bytes = ASSETS / str(cfg.asset), True
-    else:
+    local = _local_checkpoint(cfg)
+    if local is None:
         return None
+    folder, read_bytes = local
     files = sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
     if not files:
         return None
