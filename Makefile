@@ -50,7 +50,7 @@ report: $(STAMP)  ## table + plots from the run directories -> runs/report/
 wandb-sync: $(STAMP)  ## upload offline W&B runs (needs a W&B login and network)
 	find runs -type d -name 'offline-run-*' -exec $(VENV)/bin/wandb sync {} +
 
-tiny-models: $(STAMP)  ## retrain both bundled tiny checkpoints on CPU (in parallel; about 85 min on 2 cores)
+tiny-models: $(STAMP)  ## retrain both bundled tiny checkpoints on CPU (in parallel; 87 min on 2 cores, measured)
 	$(PY) -m vtr_bench.tiny.train --all
 
 tiny-tables: $(STAMP)  ## every method x budget on both bundled tiny models -> runs/tiny/report/ (README tables)
