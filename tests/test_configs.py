@@ -47,7 +47,8 @@ def test_method_configs_instantiate(method):
 def test_defaults():
     cfg = compose_config()
     assert cfg.model.name == "tiny_llava" and cfg.model.asset == "tiny_llava"
-    assert cfg.method._target_.endswith("Full") and cfg.budget is None and cfg.positions == "keep"
+    assert cfg.method._target_.endswith("Full") and cfg.budget is None and cfg.positions is None
+    assert cfg.method.positions == "keep" and cfg.flops.name == "default"
     assert cfg.benchmark.tasks == ["shapes"] and cfg.logger.mode == "offline"
 
 

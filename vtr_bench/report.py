@@ -43,19 +43,23 @@ def collect(runs_dir: Path) -> list[dict]:
             "scores": scores, "average": sum(scores.values()) / len(scores) if scores else None,
             "tflops": results["tflops"], "flops_ratio": results["flops_ratio"],
             "prefill_ms": results["latency"]["prefill"]["median_ms"], "ratios": results["schedule_ratios"],
+            "label": results.get("label"), "positions": results.get("positions"),
+            "flops": (results.get("flops_convention") or {}).get("name"),
         })
     rows.sort(key=lambda r: (r["model"], r["method"], -(r["budget_achieved"])))
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    """The results table in markdown."""
+    """The results table in markdown (TMACs: multiply-accumulates / 1e12 under each run's FLOPs convention)."""
     tasks = sorted({t for r in rows for t in r["scores"]})
-    head = ["model", "method", "budget", "achieved", *tasks, "average", "TFLOPs", "FLOPs ratio", "prefill ms"]
+    head = ["model", "method", "paper's label", "positions", "budget", "achieved", *tasks, "average", "TMACs",
+            "FLOPs ratio", "prefill ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
-        cells = [r["model"], r["method"], fmt(r["budget"], ".3g"), fmt(r["budget_achieved"], ".3f"),
+        cells = [r["model"], r["method"], r["label"] or "—", r["positions"] or "—", fmt(r["budget"], ".3g"),
+                 fmt(r["budget_achieved"], ".3f"),
                  *[fmt(r["scores"].get(t), ".3f") for t in tasks], fmt(r["average"], ".3f"),
                  fmt(r["tflops"], ".4g"), fmt(r["flops_ratio"], ".3f"), fmt(r["prefill_ms"], ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -190,7 +194,8 @@ def log_to_wandb(report: dict, mode: str, save_dir: Path) -> None:
     logger = make_logger(mode, project="vtr_bench", save_dir=save_dir, group="report", name="report")
     try:
         logger.start({"runs": len(report["rows"])})
-        columns = ["model", "method", "budget", "budget_achieved", "average", "tflops", "flops_ratio", "prefill_ms"]
+        columns = ["model", "method", "label", "positions", "budget", "budget_achieved", "average", "tflops",
+                   "flops_ratio", "prefill_ms"]
         logger.log_table("results", columns, [[r[c] for c in columns] for r in report["rows"]])
         for path in report["files"]:
             if path.endswith(".png"):

@@ -20,14 +20,17 @@ from vtr_bench.models.loader import local_weights_stamp
 from vtr_bench.reduction.flops import DecoderDims, flops_report, kv_cache_bytes, prefill_macs
 
 RUN_MODES = ("eval", "flops", "rank_stability")
+POSITION_POLICIES = ("keep", "renumber")
+RUNNER_KEYS = ("positions",)  # method-node keys the runner reads; not constructor arguments
 
 
 def instantiate_method(node: DictConfig) -> Method:
-    """Build the method object from its config node (``_target_`` + parameters)."""
+    """Build the method object from its config node (``_target_`` + parameters, less :data:`RUNNER_KEYS`)."""
     from hydra.utils import instantiate
 
+    params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in RUNNER_KEYS}
     try:
-        method = instantiate(node)
+        method = instantiate(params)
     except Exception as error:  # noqa: BLE001 - Hydra wraps constructor errors; report their first line
         cause = error.__cause__ or error
         if isinstance(cause, ConfigError):
@@ -38,6 +41,17 @@ def instantiate_method(node: DictConfig) -> Method:
     return method
 
 
+def position_policy(cfg: DictConfig) -> str:
+    """The RoPE position policy of a run: top-level ``positions`` when set, else the method's own
+    (``method.positions``; ``keep`` when a method config names none)."""
+    policy = cfg.get("positions")
+    if policy is None:
+        policy = cfg.method.get("positions") or "keep"
+    if policy not in POSITION_POLICIES:
+        raise ConfigError(f"positions must be one of {POSITION_POLICIES} (or null: the method's own), got {policy!r}")
+    return str(policy)
+
+
 def dims_from_config(model_cfg: DictConfig) -> DecoderDims:
     """Decoder dims of a model from its config node (weights-free)."""
     d = model_cfg.dims
@@ -45,15 +59,25 @@ def dims_from_config(model_cfg: DictConfig) -> DecoderDims:
                        kv_heads=int(d.kv_heads))
 
 
+def flops_convention(cfg: DictConfig) -> dict:
+    """The FLOPs convention of a run (``flops`` config group), as results files record it."""
+    f = cfg.flops
+    return {"name": str(f.get("name", "custom")), "ffn": str(f.ffn), "gqa": bool(f.gqa), "text": bool(f.text),
+            "unit": "TMACs: multiply-accumulates / 1e12 (the literature's 'TFLOPs'), prefill, LLM decoder"}
+
+
 def plan_flops(cfg: DictConfig) -> dict:
     """FLOPs of the method's schedule from the model's config dims, without loading weights."""
     dims = dims_from_config(cfg.model)
     n_vision = int(cfg.flops.vision_tokens or cfg.model.dims.vision_tokens)
-    schedule, _ = instantiate_method(cfg.method).build(dims.layers, cfg.budget, cfg.seed)
-    report = flops_report(schedule.counts(n_vision), n_vision, int(cfg.flops.text_tokens), dims,
-                          ffn=cfg.flops.ffn, gqa=bool(cfg.flops.gqa))
-    return {"model": cfg.model.name, "method": method_name(cfg), "budget_requested": cfg.budget,
-            "ratios": list(schedule.ratios), **report}
+    method = instantiate_method(cfg.method)
+    schedule, _ = method.build(dims.layers, cfg.budget, cfg.seed)
+    convention = flops_convention(cfg)
+    report = flops_report(method.planned_counts(schedule, n_vision), n_vision, int(cfg.flops.text_tokens), dims,
+                          ffn=convention["ffn"], gqa=convention["gqa"], count_text=convention["text"])
+    return {"model": cfg.model.name, "method": method_name(cfg), "label": method.label(cfg.budget),
+            "budget_requested": cfg.budget, "ratios": list(schedule.ratios), "positions": position_policy(cfg),
+            "flops_convention": convention, **report}
 
 
 def method_name(cfg: DictConfig) -> str:
@@ -88,6 +112,7 @@ class BenchmarkRecipe:
         self.run_dir = Path(run_dir)
         self.method = instantiate_method(cfg.method)
         self.method.check(cfg.budget)
+        self.positions = position_policy(cfg)
 
     def setup(self) -> None:
         """Check the tasks (datasets, judges), seed, load the model, compile the method and build the engine."""
@@ -107,9 +132,10 @@ class BenchmarkRecipe:
         if self.method.needs_objective:
             from vtr_bench.search.objective import objective_from_config
 
-            self.objective = objective_from_config(cfg, self.adapter, self.method.scorer(cfg.seed), self.run_dir)
+            self.objective = objective_from_config(cfg, self.adapter, self.method.scorer(cfg.seed), self.run_dir,
+                                                   positions=self.positions)
         self.schedule, scorer = self.method.build(layers, cfg.budget, cfg.seed, objective=self.objective)
-        self.engine = self.adapter.engine(self.schedule, scorer, positions=cfg.positions)
+        self.engine = self.adapter.engine(self.schedule, scorer, positions=self.positions)
 
     def evaluate(self) -> dict:
         """Run the benchmark's tasks through lmms-eval and return the results dict."""
@@ -129,13 +155,15 @@ class BenchmarkRecipe:
 
         cfg = self.cfg
         dims = DecoderDims.from_hf_config(self.adapter.text_config)
-        kwargs = dict(ffn=cfg.flops.ffn, gqa=bool(cfg.flops.gqa))
+        convention = flops_convention(cfg)
+        kwargs = dict(ffn=convention["ffn"], gqa=convention["gqa"])
         value_bytes = next(self.adapter.model.parameters()).element_size()
         macs, macs_full, budgets, kv_bytes, kv_bytes_full = [], [], [], [], []
         for r in records:
             text, full = r.prompt_tokens - r.n_vision, [r.n_vision] * dims.layers
-            macs.append(prefill_macs(r.processed, text, dims, **kwargs))
-            macs_full.append(prefill_macs(full, text, dims, **kwargs))
+            counted = text if convention["text"] else 0
+            macs.append(prefill_macs(r.processed, counted, dims, **kwargs))
+            macs_full.append(prefill_macs(full, counted, dims, **kwargs))
             kv_bytes.append(kv_cache_bytes(r.processed, text, dims, bytes_per_value=value_bytes))
             kv_bytes_full.append(kv_cache_bytes(full, text, dims, bytes_per_value=value_bytes))
             budgets.append(sum(r.processed) / (dims.layers * r.n_vision) if r.n_vision else 1.0)
@@ -145,9 +173,11 @@ class BenchmarkRecipe:
             "status": "complete",
             "model": cfg.model.name,
             "method": method_name(cfg),
-            "method_params": self.method.describe(),
+            "method_params": self.method.describe(cfg.budget),
+            "label": self.method.label(cfg.budget),
             "benchmark": cfg.benchmark.name,
-            "positions": cfg.positions,
+            "positions": self.positions,
+            "positions_source": "method" if cfg.get("positions") is None else "override",
             "seed": cfg.seed,
             "budget_requested": cfg.budget,
             "budget_achieved": statistics.fmean(budgets),
@@ -160,7 +190,7 @@ class BenchmarkRecipe:
             "vision_tower_tflops_per_image": self.adapter.vision_tower_macs() / 1e12,
             "kv_cache_bytes": statistics.fmean(kv_bytes),
             "kv_cache_bytes_full": statistics.fmean(kv_bytes_full),
-            "flops_convention": {"ffn": cfg.flops.ffn, "gqa": bool(cfg.flops.gqa), "unit": "TMACs (prefill, LLM)"},
+            "flops_convention": convention,
             "latency": {"prefill": latency_summary([r.prefill_seconds for r in records]),
                         "decode_per_token": latency_summary(decode)},
             "peak_memory_mib": _peak_memory_mib(cfg.run.device),

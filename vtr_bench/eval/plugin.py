@@ -30,7 +30,7 @@ class VtrBenchLMM(ReducedLMM):
         model: a ``conf/model`` name (default: the config's default model).
         method: a ``conf/method`` name (default: ``full``).
         budget: mean keep ratio (None: the method's own).
-        positions: ``keep`` or ``renumber``.
+        positions: ``keep`` or ``renumber`` (None: the method's own).
         seed: seed of the method (random scorer, searches).
         batch_size: requests per forward.
         device: torch device (lmms-eval's ``--device``); default the config's ``run.device``.
@@ -38,7 +38,7 @@ class VtrBenchLMM(ReducedLMM):
     """
 
     def __init__(self, model: str | None = None, method: str | None = None, budget: float | None = None,
-                 positions: str = "keep", seed: int = 0, batch_size: int = 1, device: str | None = None,
+                 positions: str | None = None, seed: int = 0, batch_size: int = 1, device: str | None = None,
                  **overrides) -> None:
         from hydra import compose, initialize_config_dir
 

@@ -40,6 +40,15 @@ class Method:
         """The scorer used at dropping layers."""
         raise NotImplementedError
 
+    def planned_counts(self, schedule: KeepSchedule, n_vision: int) -> list[int]:
+        """Vision tokens each layer processes for a sample of ``n_vision`` (weights-free plans; the engine records
+        the real ones): the schedule's counts, plus any merged tokens a method adds on top (SparseVLM)."""
+        return schedule.counts(n_vision)
+
+    def label(self, budget: float | None) -> str | None:
+        """The name the method's paper gives this setting (e.g. ``SparseVLM 64 tokens``), or None."""
+        return None
+
     def check(self, budget) -> float | None:
         """Validate ``budget`` for this method (before any model is loaded); returns it as a float or None."""
         budget = check_budget(budget)
@@ -58,6 +67,7 @@ class Method:
         """
         return self.schedule(layers, self.check(budget)), self.scorer(seed)
 
-    def describe(self) -> dict:
-        """The method's parameters, for results files."""
-        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+    def describe(self, budget: float | None = None) -> dict:
+        """The method's parameters and the paper's label of this setting, for results files."""
+        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")},
+                "label": self.label(budget)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from vtr_bench.errors import ConfigError, InfeasibleBudgetError
-from vtr_bench.reduction.schedule import KeepSchedule, round_half_up
+from vtr_bench.reduction.schedule import ROUNDINGS, KeepSchedule, round_half_up
 
 _BISECTIONS = 200
 
@@ -28,29 +28,39 @@ def check_starts(starts: Sequence[int], layers: int, what: str) -> list[int]:
     return starts
 
 
-def staged_schedule(layers: int, starts: Sequence[int], ratios: Sequence[float]) -> KeepSchedule:
+def check_rounding(rounding: str) -> str:
+    """Validate a method's ``rounding`` option (how ``ratio * n`` becomes a count)."""
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"method.rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    return rounding
+
+
+def staged_schedule(layers: int, starts: Sequence[int], ratios: Sequence[float],
+                    rounding: str = "half_up") -> KeepSchedule:
     """Layers before ``starts[0]`` keep everything; layers from ``starts[i]`` on keep ``ratios[i]``."""
     per_layer = [1.0] * layers
     for start, ratio in zip(starts, ratios):
         per_layer[start:] = [ratio] * (layers - start)
-    return KeepSchedule(tuple(per_layer))
+    return KeepSchedule(tuple(per_layer), rounding)
 
 
 def solve_stage_parameter(layers: int, starts: Sequence[int], ratios: Callable[[float], Sequence[float]],
-                          budget: float, high: float) -> float:
-    """The parameter ``p`` in ``[0, high]`` whose staged schedule ``ratios(p)`` has mean keep ratio ``budget``.
+                          budget: float, high: float,
+                          measure: Callable[[KeepSchedule], float] = lambda schedule: schedule.budget) -> float:
+    """The smallest parameter ``p`` in ``[0, high]`` whose staged schedule ``ratios(p)`` has ``measure`` (default: its
+    mean keep ratio) at least ``budget``.
 
     ``ratios`` must be non-decreasing in ``p`` with ``ratios(high)`` all 1; the lowest reachable budget is
-    ``starts[0] / layers`` (the layers before the first stage keep every token): lower budgets are an error.
+    ``measure`` at ``p = 0`` (the layers before the first stage keep every token): lower budgets are an error.
     """
-    lowest = staged_schedule(layers, starts, ratios(0.0)).budget
+    lowest = measure(staged_schedule(layers, starts, ratios(0.0)))
     if budget < lowest - 1e-12:
         raise InfeasibleBudgetError(f"budget {budget} is unreachable: layers before {starts[0]} keep every token, "
                                     f"so the lowest budget of this {layers}-layer schedule is {lowest:.4g}")
     low = 0.0
     for _ in range(_BISECTIONS):
         middle = (low + high) / 2
-        if staged_schedule(layers, starts, ratios(middle)).budget < budget:
+        if measure(staged_schedule(layers, starts, ratios(middle))) < budget:
             low = middle
         else:
             high = middle

@@ -41,9 +41,12 @@ class ReductionContext:
         schedule: the keep schedule.
         vision_mask: (batch, seq) True at vision-token positions of the prompt.
         attention_mask: (batch, seq) 1 for real tokens, 0 for padding.
+        trace: record which prompt tokens every vision token holds after each reducing layer
+            (:meth:`token_sets`; costs a (batch, seq, seq) tensor, meant for tests and audits).
     """
 
-    def __init__(self, schedule: KeepSchedule, vision_mask: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def __init__(self, schedule: KeepSchedule, vision_mask: torch.Tensor, attention_mask: torch.Tensor,
+                 trace: bool = False) -> None:
         self.vision_mask = vision_mask.bool()
         self.attention_mask = attention_mask.bool()
         n_vision = (self.vision_mask & self.attention_mask).sum(-1).tolist()
@@ -66,6 +69,15 @@ class ReductionContext:
         self.current_counts: torch.Tensor | None = None
         self.current_shift: torch.Tensor | None = None
         self._step_cache: dict = {}
+        self.members: torch.Tensor | None = None  # (batch, seq, prompt seq): prompt tokens in each slot (trace)
+        self.trace: dict[int, list[set[tuple[int, ...]]]] | None = {} if trace else None
+
+    def token_sets(self) -> dict[int, list[set[tuple[int, ...]]]]:
+        """With ``trace``: for each reducing layer, per sample, the vision tokens that layer sees, each as the sorted
+        prompt indices it holds (one index: a kept token; several: a merged token)."""
+        if self.trace is None:
+            raise RuntimeError("token sets need engine.request(..., trace=True)")
+        return self.trace
 
     @property
     def reduces(self) -> bool:
@@ -130,11 +142,13 @@ class ReductionEngine:
             self._ctx = None
 
     @contextmanager
-    def request(self, vision_mask: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[ReductionContext]:
-        """A fresh per-request context (one prefill, then any number of single-token decode steps)."""
+    def request(self, vision_mask: torch.Tensor, attention_mask: torch.Tensor,
+                trace: bool = False) -> Iterator[ReductionContext]:
+        """A fresh per-request context (one prefill, then any number of single-token decode steps); ``trace``
+        records the token sets of :meth:`ReductionContext.token_sets`."""
         if not self._handles:
             raise RuntimeError("attach the engine (engine.attached()) before starting a request")
-        self._ctx = ReductionContext(self.schedule, vision_mask, attention_mask)
+        self._ctx = ReductionContext(self.schedule, vision_mask, attention_mask, trace)
         try:
             yield self._ctx
         finally:
@@ -182,6 +196,8 @@ class ReductionEngine:
                 cos.expand(batch, -1, -1), sin.expand(batch, -1, -1),
             )
             ctx.prompt, ctx.prompt_hidden = ctx.state, hidden
+            if ctx.trace is not None:
+                ctx.members = torch.eye(hidden.shape[1], device=hidden.device).expand(batch, -1, -1)
             ctx.current_counts = ctx.state.vision_counts()
             ctx.current_shift = torch.zeros(batch, dtype=torch.long, device=hidden.device)
         elif hidden.shape[1] != 1:
@@ -212,7 +228,13 @@ class ReductionEngine:
         inputs = ScoringInputs(index, self.layers[source], source_hidden, state, current=hidden, prompt=ctx.prompt,
                                prompt_hidden=ctx.prompt_hidden,
                                keys=self._cached_keys(cache, source, hidden.shape[1]) if source < index else None)
-        state, hidden = reduce_sequence(state, hidden, self.scorer.reduce(inputs, ctx.keep[:, index]))
+        reduction = self.scorer.reduce(inputs, ctx.keep[:, index])
+        reduced, hidden = reduce_sequence(state, hidden, reduction)
+        if ctx.trace is not None:
+            _, ctx.members = reduce_sequence(state, ctx.members, reduction)
+            ctx.trace[index] = [{tuple(row.nonzero().flatten().tolist()) for row in members[vision]}
+                                for members, vision in zip(ctx.members, reduced.is_vision)]
+        state = reduced
         ctx.stash = None
         if self.positions == "renumber":
             position_ids = (state.valid.long().cumsum(-1) - 1).clamp(min=0)

@@ -178,7 +178,7 @@ def vision_tower_macs(n_patches: int, hidden: int, ffn: int, layers: int) -> flo
 
 
 def flops_report(keep: Sequence[int], n_vision: int, text_tokens: int, dims: DecoderDims,
-                 ffn: str = "swiglu", gqa: bool = False) -> dict:
+                 ffn: str = "swiglu", gqa: bool = False, count_text: bool = True) -> dict:
     """Prefill cost of a keep schedule next to the unreduced model.
 
     Args:
@@ -188,6 +188,8 @@ def flops_report(keep: Sequence[int], n_vision: int, text_tokens: int, dims: Dec
         dims: Decoder dims.
         ffn: ``"swiglu"`` or ``"fastv"``.
         gqa: Head-layout-aware projections and attention.
+        count_text: Count the text tokens in the FLOPs (False: vision tokens only, PyramidDrop's convention); the
+            KV-cache sizes always include them.
 
     Returns:
         ``tflops`` (MACs/1e12) and ``tflops_full``, ``flops_ratio``, ``budget`` (achieved mean keep ratio;
@@ -206,7 +208,8 @@ def flops_report(keep: Sequence[int], n_vision: int, text_tokens: int, dims: Dec
     if any(b > a for a, b in itertools.pairwise(counts)):
         raise ValueError(f"keep schedule must be non-increasing over layers, got {counts}")
     full = [n_vision] * dims.layers
-    macs, macs_full = prefill_macs(counts, text_tokens, dims, ffn, gqa), prefill_macs(full, text_tokens, dims, ffn, gqa)
+    counted = text_tokens if count_text else 0
+    macs, macs_full = prefill_macs(counts, counted, dims, ffn, gqa), prefill_macs(full, counted, dims, ffn, gqa)
     equal_tokens = sum(counts) / dims.layers
     return {
         "tflops": macs / 1e12,
@@ -221,4 +224,5 @@ def flops_report(keep: Sequence[int], n_vision: int, text_tokens: int, dims: Dec
         "text_tokens": text_tokens,
         "ffn": ffn,
         "gqa": gqa,
+        "count_text": count_text,
     }

@@ -1,5 +1,5 @@
-"""Plans for merging vision tokens: density-peak clusters (SparseVLM's recycling) and spatial pooling cells
-(downsampling). Pure functions; :func:`vtr_bench.reduction.sequence.reduce_sequence` does the merging itself.
+"""Plans for merging vision tokens: density-peak clusters and their sizes (SparseVLM's recycling) and spatial
+pooling cells (downsampling). Pure functions; :func:`vtr_bench.reduction.sequence.reduce_sequence` does the merging itself.
 """
 from __future__ import annotations
 
@@ -7,27 +7,37 @@ import math
 
 import torch
 
-NEIGHBOURS = 5
+RECYCLE_SHARE = 0.3  # SparseVLM's share of the dropped tokens that is recycled
+CLUSTER_SIZE = 10    # SparseVLM's recycled tokens per cluster token
 
 
-def density_peak_clusters(x: torch.Tensor, clusters: int, neighbours: int = NEIGHBOURS
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster tokens with DPC-kNN (density peaks, Rodriguez & Laio 2014, with kNN densities as in TCFormer).
+def recycling_sizes(dropped: int, share: float = RECYCLE_SHARE) -> tuple[int, int]:
+    """SparseVLM's token-recycling sizes for a layer that drops ``dropped`` vision tokens: ``(pool, clusters)``
+    with ``pool = int(share * dropped) + 1`` dropped tokens (the best by score) merged into ``clusters =
+    int(pool / 10) + 1`` cluster tokens; ``(0, 0)`` when nothing is dropped or ``share`` is 0 (no recycling)."""
+    if dropped <= 0 or share <= 0:
+        return 0, 0
+    pool = min(dropped, int(share * dropped) + 1)
+    return pool, int(pool / CLUSTER_SIZE) + 1
 
-    Distances are Euclidean over ``sqrt(dim)``. Density ``rho_i = exp(-mean d(i, j)^2)`` over the ``neighbours``
-    nearest other tokens; ``delta_i`` is the distance to the nearest denser token (equal densities: the earlier
-    token counts as denser), the largest distance for the densest token. The ``clusters`` tokens with the largest
-    ``rho * delta`` are the centres (ties: earlier token); every token joins its nearest centre (ties: earlier
-    centre), each centre its own cluster. Deterministic, no random tie-breaking.
+
+def density_peak_clusters(x: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster tokens with DPC-kNN as SparseVLM's ``cluster_and_merge`` does (density peaks, Rodriguez & Laio 2014,
+    kNN densities as in TCFormer).
+
+    Distances are Euclidean over ``sqrt(dim)``. Density ``rho_i = exp(-mean d(i, j)^2)`` over the ``clusters``
+    nearest tokens, the token itself included (SparseVLM's k is the number of clusters); ``delta_i`` is the distance
+    to the nearest strictly denser token, the largest distance of all for a token without one. The ``clusters``
+    tokens with the largest ``rho * delta`` are the centres, in that order (ties: earlier token); every token joins
+    its nearest centre (ties: the earlier centre in that order), each centre its own cluster. Deterministic.
 
     Args:
         x: (tokens, dim) features.
         clusters: number of clusters, >= 1.
-        neighbours: k of the kNN density.
 
     Returns:
-        ``centres`` (clusters,) token indices in increasing order, and ``assign`` (tokens,) the cluster (index into
-        ``centres``) of each token. With ``clusters >= tokens`` every token is its own cluster.
+        ``centres`` (clusters,) token indices by decreasing ``rho * delta``, and ``assign`` (tokens,) the cluster
+        (index into ``centres``) of each token. With ``clusters >= tokens`` every token is its own cluster.
     """
     n = x.shape[0]
     if clusters >= n:
@@ -35,16 +45,11 @@ def density_peak_clusters(x: torch.Tensor, clusters: int, neighbours: int = NEIG
         return every, every
     x = x.float()
     dist = torch.cdist(x, x) / math.sqrt(x.shape[1])
-    others = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), float("inf"))
-    nearest = others.topk(min(neighbours, n - 1), dim=-1, largest=False).values
+    nearest = dist.topk(clusters, dim=-1, largest=False).values
     density = torch.exp(-(nearest ** 2).mean(-1))
-    index = torch.arange(n, device=x.device)
-    denser = (density.unsqueeze(0) > density.unsqueeze(1)) | (
-        (density.unsqueeze(0) == density.unsqueeze(1)) & (index.unsqueeze(0) < index.unsqueeze(1)))  # [i, j]: j denser
-    delta = torch.where(denser, dist, float("inf")).min(-1).values
-    delta = torch.where(torch.isinf(delta), dist.max(), delta)
-    ranking = torch.sort(density * delta, descending=True, stable=True).indices
-    centres = ranking[:clusters].sort().values
+    denser = density.unsqueeze(0) > density.unsqueeze(1)  # [i, j]: j strictly denser than i
+    delta = torch.where(denser, dist, dist.max()).min(-1).values
+    centres = torch.sort(density * delta, descending=True, stable=True).indices[:clusters]
     assign = dist[:, centres].argmin(-1)
     assign[centres] = torch.arange(clusters, device=x.device)
     return centres, assign

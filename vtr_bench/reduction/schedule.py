@@ -2,8 +2,9 @@
 
 A :class:`KeepSchedule` holds one keep *ratio* per decoder layer (non-increasing with depth). It is resolved per
 sample into integer keep *counts* against that sample's number of vision tokens, so models with a variable number
-of vision tokens (LLaVA-NeXT, InternVL2 tiles) share one schedule. The *budget* is the mean keep ratio over layers
-(DESIGN §2).
+of vision tokens (LLaVA-NeXT, InternVL2 tiles) share one schedule. Counts round half up by default; FastV's and
+PyramidDrop's code take ``int()`` of ``ratio * n`` (``rounding="floor"``). The *budget* is the mean keep ratio over
+layers (DESIGN §2).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Sequence
 from vtr_bench.errors import ScheduleError
 
 _TOLERANCE = 1e-9
+ROUNDINGS = ("half_up", "floor")
 
 
 def round_half_up(x: float) -> int:
@@ -27,13 +29,18 @@ class KeepSchedule:
 
     Args:
         ratios: keep ratio of each decoder layer, each in [0, 1].
+        rounding: how ``ratio * n`` becomes a count: ``half_up`` (nearest, halves up) or ``floor`` (``int()``, as
+            FastV's and PyramidDrop's code; a ratio within 1e-9 of an integer count gives that count).
     """
 
     ratios: tuple[float, ...]
+    rounding: str = "half_up"
 
     def __post_init__(self) -> None:
         ratios = tuple(float(r) for r in self.ratios)
         object.__setattr__(self, "ratios", ratios)
+        if self.rounding not in ROUNDINGS:
+            raise ScheduleError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if not ratios:
             raise ScheduleError("keep schedule is empty")
         for layer, ratio in enumerate(ratios):
@@ -52,9 +59,9 @@ class KeepSchedule:
         return cls((1.0,) * layers)
 
     @classmethod
-    def from_counts(cls, counts: Sequence[int], n_vision: int) -> "KeepSchedule":
+    def from_counts(cls, counts: Sequence[int], n_vision: int, rounding: str = "half_up") -> "KeepSchedule":
         """A schedule from absolute keep counts of a model with ``n_vision`` vision tokens."""
-        return cls(tuple(c / n_vision for c in counts))
+        return cls(tuple(c / n_vision for c in counts), rounding)
 
     @property
     def layers(self) -> int:
@@ -73,6 +80,8 @@ class KeepSchedule:
 
     def counts(self, n_vision: int) -> list[int]:
         """Keep counts per layer for a sample with ``n_vision`` vision tokens (non-increasing)."""
+        if self.rounding == "floor":
+            return [min(n_vision, max(0, math.floor(r * n_vision + _TOLERANCE))) for r in self.ratios]
         return [min(n_vision, max(0, round_half_up(r * n_vision))) for r in self.ratios]
 
     def achieved_budget(self, n_vision: int) -> float:
@@ -81,4 +90,4 @@ class KeepSchedule:
 
     def to_dict(self) -> dict:
         """JSON-friendly form."""
-        return {"ratios": list(self.ratios), "budget": self.budget}
+        return {"ratios": list(self.ratios), "budget": self.budget, "rounding": self.rounding}

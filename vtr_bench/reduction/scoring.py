@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vtr_bench.reduction.merging import density_peak_clusters, grid_cells, pooled_grid
-from vtr_bench.reduction.schedule import round_half_up
+from vtr_bench.reduction.merging import density_peak_clusters, grid_cells, pooled_grid, recycling_sizes
 from vtr_bench.reduction.sequence import Reduction, SequenceState, select_vision
 
 
@@ -166,19 +165,18 @@ class TextRaterAttention(Scorer):
     Raters come from the prompt's input embeddings (so every pruning layer has the same ones): among the text
     tokens after the first vision token (the instruction), relevance ``m_t = mean_v softmax_t(v . t)`` over the
     sample's vision tokens ``v``; the raters are the text tokens with ``m_t`` above its mean (no such token: the
-    last prompt token). A vision token's score is the head-averaged attention the raters pay it in the source
-    layer, averaged over raters.
+    last prompt token; SparseVLM's code has no fallback). A vision token's score is the head-averaged attention the
+    raters pay it in the source layer, averaged over raters.
 
-    With ``recycle > 0`` (SparseVLM v1's token recycling) a layer reducing ``n`` vision tokens to ``k`` also merges
-    part of what it drops: ``r = round(recycle * (n - k))`` of the dropped tokens are recycled into ``c = min(k,
-    r // 10 + 1)`` cluster tokens (SparseVLM's ``n/10 + 1``). Cluster tokens count against ``k`` so budgets and
-    per-layer counts stay as scheduled: the layer keeps its top ``k - c`` tokens as they are and clusters the
-    next ``c + r`` by score with :func:`~vtr_bench.reduction.merging.density_peak_clusters` on the hidden states
-    being reduced; each cluster becomes the mean of its members, placed at its centre token's slot (SparseVLM v1
-    appends the cluster tokens after the kept ones and counts them on top of ``k``).
+    With ``recycle > 0`` (SparseVLM's token recycling, always on in its code with share 0.3) a layer that keeps the
+    top ``k`` of ``n`` vision tokens also recycles the next ``pool = int(recycle * (n - k)) + 1`` by score into
+    ``int(pool / 10) + 1`` cluster tokens (:func:`~vtr_bench.reduction.merging.recycling_sizes`,
+    :func:`~vtr_bench.reduction.merging.density_peak_clusters` on the hidden states being reduced), each the mean of
+    its members, **on top of** the ``k``; they follow the kept vision tokens (before the text after the image), in
+    the order of their centres' density-peak scores, and are vision tokens for later pruning layers.
 
     Args:
-        recycle: share of the dropped vision tokens that is recycled into cluster tokens (0: off; SparseVLM v1: 0.3).
+        recycle: share of the dropped vision tokens that is recycled into cluster tokens (0: off; SparseVLM: 0.3).
     """
 
     name = "text_raters"
@@ -202,7 +200,8 @@ class TextRaterAttention(Scorer):
                 raters[b, int(prompt.valid[b].nonzero().max())] = True
                 continue
             relevance = (embeddings[b, vision].float() @ embeddings[b, text].float().T).softmax(-1).mean(0)
-            raters[b, text[relevance > relevance.mean()]] = True
+            chosen = text[relevance > relevance.mean()]
+            raters[b, chosen if len(chosen) else text[-1:]] = True
         return raters
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:
@@ -213,22 +212,18 @@ class TextRaterAttention(Scorer):
     def reduce(self, inputs: ScoringInputs, keep: torch.Tensor) -> Reduction:
         scores = self.score(inputs)
         state = inputs.state
-        if self.recycle == 0:
-            return Reduction(select_vision(scores, state, keep))
-        dropped = state.vision_counts() - keep
-        recycled = torch.tensor([round_half_up(self.recycle * int(d)) for d in dropped], device=keep.device)
-        clusters = torch.where(recycled > 0, torch.minimum(keep, recycled // 10 + 1), 0)
-        kept = select_vision(scores, state, keep - clusters)
-        pool = select_vision(scores, state, keep + recycled) & ~kept
+        kept = select_vision(scores, state, keep)
+        sizes = [recycling_sizes(int(n) - int(k), self.recycle) for n, k in zip(state.vision_counts(), keep)]
+        if not any(clusters for _, clusters in sizes):
+            return Reduction(kept)
+        pool = select_vision(scores, state, keep + torch.tensor([p for p, _ in sizes], device=keep.device)) & ~kept
         group = torch.full_like(state.vision_ordinal, -1)
-        anchor = torch.full((len(keep), max(int(clusters.max()), 0)), -1, device=keep.device)
-        for b in range(len(keep)):
-            c = int(clusters[b])
-            if c:
+        anchor = torch.full((len(keep), max(c for _, c in sizes)), -1, device=keep.device)
+        for b, (_, clusters) in enumerate(sizes):
+            if clusters:
                 slots = pool[b].nonzero().flatten()
-                centres, assign = density_peak_clusters(inputs.current[b, slots], c)
-                group[b, slots] = assign
-                anchor[b, :c] = slots[centres]
+                _, group[b, slots] = density_peak_clusters(inputs.current[b, slots], clusters)
+                anchor[b, :clusters] = state.is_vision[b].nonzero().max()  # after the sample's last vision slot
         return Reduction(kept, group, anchor)
 
 

@@ -58,8 +58,8 @@ class SearchMethod(Method):
         self._result = self.search(layers, budget, objective, seed)
         return self._result.schedule, self.scorer(seed)
 
-    def describe(self) -> dict:
-        described = super().describe()
+    def describe(self, budget: float | None = None) -> dict:
+        described = super().describe(budget)
         if self._result is not None:
             described["search"] = self._result.summary()
         return described

@@ -223,8 +223,9 @@ class ModelObjective(CachedObjective):
         return {"accuracy": float(task_metrics[self.metric]), "metrics": task_metrics, "samples": len(records)}
 
 
-def objective_from_config(cfg, adapter, scorer, run_dir: str | Path) -> ModelObjective:
-    """The search objective a run's config describes (``search:`` block), tracing into ``run_dir``.
+def objective_from_config(cfg, adapter, scorer, run_dir: str | Path, positions: str = "keep") -> ModelObjective:
+    """The search objective a run's config describes (``search:`` block), tracing into ``run_dir``; ``positions``
+    is the run's position policy.
 
     Raises:
         ConfigError: ``search.task`` is one of the benchmark's test tasks.
@@ -235,5 +236,5 @@ def objective_from_config(cfg, adapter, scorer, run_dir: str | Path) -> ModelObj
                           f"never score schedules on test data (use its search split, e.g. shapes_search)")
     return ModelObjective(adapter, scorer, str(search.task), local=search.local, task_cache_dir=cfg.run.cache_dir,
                           cache_dir=search.cache_dir, limit=search.limit, metric=str(search.metric),
-                          positions=cfg.positions, batch_size=search.batch_size, seed=cfg.seed,
+                          positions=positions, batch_size=search.batch_size, seed=cfg.seed,
                           trace_path=Path(run_dir) / TRACE_FILE)

@@ -101,7 +101,7 @@ def record_search(method, objective, schedules_dir: str | Path, run_dir: str | P
     """
     result, run_dir = method.result, Path(run_dir)
     provenance = {**objective.provenance, "new_evaluations": objective.new_evaluations}
-    params = {k: v for k, v in method.describe().items() if k not in ("name", "search")}
+    params = {k: v for k, v in method.describe().items() if k not in ("name", "search", "label")}
     path = save_schedule(result, method.name, params, provenance, schedules_dir)
     result.params["saved_to"] = str(path)  # lands in results.json through method.describe()
     plots = {"search_schedule": plot_schedule(result.schedule.ratios, run_dir / SCHEDULE_PLOT,
