@@ -37,3 +37,9 @@ sweep "$OUT" run.mode=rank_stability rank_stability.samples=32
 sweep "${OUT}_shallow" method=sparsevlm ++method.layers=[0,2,5] budget=0.3,0.125
 sweep "${OUT}_shallow" method=pdrop ++method.layers=[1,4,8] budget=0.3,0.125
 "$PY" -m vtr_bench.report --runs "${OUT}_shallow" --out "${OUT}_shallow/report"
+
+# The documented deviations from the official defaults, at one budget: what each default changed
+sweep "${OUT}_deviations" method=pdrop,downsample budget=0.3 positions=keep
+sweep "${OUT}_deviations" method=sparsevlm budget=0.3 ++method.recycle=0,0.3 positions=keep,renumber
+sweep "${OUT}_deviations" method=fastv,random ++method.k=1 budget=0.125 ++method.rounding=half_up
+"$PY" -m vtr_bench.report --runs "${OUT}_deviations" --out "${OUT}_deviations/report"
