@@ -5,14 +5,14 @@ from vtr_bench.report import build_report, pareto_front
 from vtr_bench.tracking.results import write_json_atomic
 
 
-def _write_run(root, model, method, budget, acc, tflops, status="complete", run_id=None):
+def _write_run(root, model, method, budget, acc, tflops, status="complete", run_id=None, **extra):
     run = root / model / method / (run_id or f"b{budget}")
     achieved = 1.0 if budget is None else budget
     write_json_atomic(run / "results.json", {
         "status": status, "model": model, "method": method, "budget_requested": budget, "budget_achieved": achieved,
         "metrics": {"shapes": {"exact_match": acc, "exact_match_count": 0.1}}, "tflops": tflops,
         "flops_ratio": tflops / 2.0, "latency": {"prefill": {"median_ms": 10.0 * achieved}},
-        "schedule_ratios": [1.0, achieved, achieved],
+        "schedule_ratios": [1.0, achieved, achieved], **extra,
     })
 
 
@@ -21,20 +21,25 @@ def test_report_table_and_plots(tmp_path):
     _write_run(tmp_path, "tiny", "fastv", 0.5, 0.8, 1.1)
     _write_run(tmp_path, "tiny", "random", 0.5, 0.7, 1.1)
     _write_run(tmp_path, "tiny", "random", 0.25, 0.6, 0.6, status="running")  # incomplete: left out
+    _write_run(tmp_path, "other", "sparsevlm", None, 0.5, 0.7, label="SparseVLM 192 tokens", positions="renumber")
     (tmp_path / "tiny" / "broken").mkdir()
     (tmp_path / "tiny" / "broken" / "results.json").write_text("{half")
     report = build_report(tmp_path, tmp_path / "report")
     assert [(r["method"], r["average"]) for r in report["rows"]] == [
-        ("fastv", 0.8), ("full", 0.9), ("random", 0.7)]
+        ("sparsevlm", 0.5), ("fastv", 0.8), ("full", 0.9), ("random", 0.7)]
     table = (tmp_path / "report" / "report.md").read_text().splitlines()
-    assert table[0].split(" | ")[4] == "shapes"
-    assert "| tiny | fastv | 0.5 | 0.500 | 0.800 | 0.800 | 1.1 | 0.550 | 5.0 |" in table
+    assert table[0].split(" | ")[2:5] == ["paper's label", "positions", "budget"]
+    assert table[0].split(" | ")[6] == "shapes"
+    assert "| tiny | fastv | — | — | 0.5 | 0.500 | 0.800 | 0.800 | 1.1 | 0.550 | 5.0 |" in table
+    assert "| other | sparsevlm | SparseVLM 192 tokens | renumber | — | 1.000 | 0.500 | 0.500 | 0.7 | 0.350 | 10.0 |" \
+        in table
     assert "| method | none | 0.5 |" in table
-    assert table[table.index("| method | none | 0.5 |") + 2:][:3] == [
+    tiny = table[table.index("**tiny** (average accuracy, achieved budget in brackets)"):]
+    assert tiny[tiny.index("| method | none | 0.5 |") + 2:][:3] == [
         "| full | 0.900 (1.000) | — |", "| fastv | — | 0.800 (0.500) |", "| random | — | 0.700 (0.500) |"]
     for name in ("pareto.png", "schedules.png", "accuracy_vs_budget.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(json.loads((tmp_path / "report" / "report.json").read_text())) == 3
+    assert len(json.loads((tmp_path / "report" / "report.json").read_text())) == 4
 
 
 def test_budget_table_shows_every_run_of_a_cell(tmp_path):
