@@ -125,11 +125,15 @@ def write_local_task(root, images_per_doc, corrupt_second=False):
         "from PIL import Image\n\n\ndef doc_to_visual(doc):\n"
         "    return [Image.open(p).convert('RGB') for p in doc['image_paths']]\n"
         "\n\ndef process_results(doc, results):\n    return {'exact_match': float(results[0] == doc['answer'])}\n")
-    (tasks / "my_images.yaml").write_text(f"""task: my_images
+    (tasks / "my_images.yaml").write_text(LOCAL_TASK_YAML.format(data=root / "data.jsonl"))
+    return tasks
+
+
+LOCAL_TASK_YAML = """task: my_images
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {root / "data.jsonl"}
+    test: {data}
 test_split: test
 output_type: generate_until
 doc_to_visual: !function utils.doc_to_visual
@@ -142,8 +146,7 @@ metric_list:
   - metric: exact_match
     aggregation: mean
     higher_is_better: true
-""")
-    return tasks
+"""
 
 
 def test_corrupt_image_in_a_local_task(tmp_path):
@@ -151,7 +154,7 @@ def test_corrupt_image_in_a_local_task(tmp_path):
     tasks = write_local_task(tmp_path, images_per_doc=1, corrupt_second=True)
     result = run_cli("benchmark.local=null", "benchmark.tasks=[my_images]", f"benchmark.include_path=[{tasks}]",
                      "logger=none", out_dir=tmp_path)
-    assert_one_clear_error(result, "vtr_bench: error: my_images doc 1: could not load its image: OSError")
+    assert_one_clear_error(result, "vtr_bench: error: my_images doc 1: could not load its image: UnidentifiedImageError")
     assert not list(tmp_path.glob("tiny_llava/full/*/results.json"))
 
 

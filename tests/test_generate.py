@@ -17,13 +17,22 @@ class ReplayScorer(Scorer):
         self.inner, self.needs_attention, self.source_offset = inner, inner.needs_attention, inner.source_offset
         self.recorded, self.replay = {}, False
 
+    @staticmethod
+    def slot_keys(orig):
+        """A key per slot: its original index and, for merged tokens that share their anchor's index, which one."""
+        seen, keys = {}, []
+        for o in orig.tolist():
+            keys.append(o * 64 + seen.get(o, 0))
+            seen[o] = seen.get(o, 0) + 1
+        return torch.tensor(keys)
+
     def score(self, inputs):
-        orig = inputs.state.orig_index
+        keys = self.slot_keys(inputs.state.orig_index[0])
         if self.replay:
-            return self.recorded[inputs.layer_index][0, orig[0]].unsqueeze(0)
+            return self.recorded[inputs.layer_index][0, keys].unsqueeze(0)
         scores = self.inner.score(inputs)
-        table = torch.full((1, 1000), float("-inf"))
-        table[0, orig[0]] = scores[0].float()
+        table = torch.full((1, 1000 * 64), float("-inf"))
+        table[0, keys] = scores[0].float()
         self.recorded[inputs.layer_index] = table
         return scores
 
@@ -34,8 +43,8 @@ def assert_cached_decode_equals_rerun(model, adapter, engine, scorer, ids, pixel
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixel_values}
     with engine.attached():
         out = greedy_generate(model, engine, inputs, adapter.vision_mask(ids), max_new_tokens=6,
-                              eos_token_ids={-1})
-        assert len(out.tokens[0]) == 6 and len(out.decode_seconds) == 5
+                              eos_token_ids={-1}, keep_logits=True)
+        assert len(out.tokens[0]) == 6 and len(out.decode_seconds) == 5 and len(out.step_logits) == 6
         scorer.replay = True
         prompt = ids[0]
         for step, token in enumerate(out.tokens[0]):
@@ -45,6 +54,8 @@ def assert_cached_decode_equals_rerun(model, adapter, engine, scorer, ids, pixel
             # (with positions=renumber, decode positions continue from each layer's own cache length, which a
             # re-run prefill reproduces too)
             assert int(logits[0, -1].argmax()) == token, f"step {step}"
+            # the logits themselves, not only their argmax (a 1e-3 error can hide behind a wide top-2 margin)
+            torch.testing.assert_close(out.step_logits[step][0], logits[0, -1].float(), atol=1e-5, rtol=0)
             prompt = torch.cat([prompt, torch.tensor([token])])
 
 

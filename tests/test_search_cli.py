@@ -8,7 +8,7 @@ def test_psigmoid_run_searches_saves_and_evaluates(tmp_path):
     result = run_cli("method=psigmoid", "budget=0.3", "search.limit=1", "method.n_calls=1", "benchmark.limit=1",
                      "run.show_progress=false", out_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    [saved] = list((tmp_path / "schedules").glob("tiny_llava-psigmoid-b0.3-shapes_search-n1-s0.json"))
+    [saved] = list((tmp_path / "schedules").glob("tiny_llava-psigmoid-b0.3-shapes_search-n1-s0-*.json"))
     assert f"searched schedule saved to {saved}" in result.stdout
     schedule = json.loads(saved.read_text())
     [run_dir] = [p.parent for p in tmp_path.glob("tiny_llava/psigmoid/*/results.json")]

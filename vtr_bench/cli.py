@@ -2,9 +2,12 @@
 
 In a multirun (``-m``) a failing job prints its line and the sweep goes on; the process exits non-zero at the end
 if any job failed, except for budgets a method cannot reach (recorded as infeasible: grids often include them).
+A config Hydra cannot compose (an unknown group option, a typo) starts with one ``vtr_bench: error:`` line before
+Hydra's own explanation; Ctrl-C ends with one line (finished runs are kept).
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -16,6 +19,21 @@ from vtr_bench.errors import InfeasibleBudgetError, VtrError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _SWEEP_FAILURES: list[str] = []
+
+
+class _ComposeErrors(io.StringIO):
+    """Holds what Hydra writes to stderr until the first job starts, so that a composition error can be preceded by
+    our one line; released (and stderr restored) as soon as a job runs."""
+
+    def __init__(self, stderr) -> None:
+        super().__init__()
+        self.stderr = stderr
+
+    def release(self) -> None:
+        if sys.stderr is self:
+            sys.stderr = self.stderr
+            self.stderr.write(self.getvalue())
+            self.truncate(0)
 
 
 def quiet_environment(cfg: DictConfig) -> None:
@@ -32,6 +50,8 @@ def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    if isinstance(sys.stderr, _ComposeErrors):
+        sys.stderr.release()
     quiet_environment(cfg)
     from vtr_bench.run import run
 
@@ -47,12 +67,39 @@ def _app(cfg: DictConfig) -> float | None:
         if not isinstance(error, InfeasibleBudgetError):
             _SWEEP_FAILURES.append(f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {error}")
         return None
+    except Exception as error:  # noqa: BLE001 - an unexpected failure of one sweep job: the sweep goes on
+        if not sweeping:
+            raise
+        first = (str(error).strip().splitlines() or [""])[0]
+        print(f"vtr_bench: error: job {hydra_cfg.job.num} failed: {type(error).__name__}: {first}", file=sys.stderr)
+        _SWEEP_FAILURES.append(f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "
+                               f"{type(error).__name__}: {first}")
+        return None
     return results.get("flops_ratio")
 
 
 def main() -> None:
     """Console entry point."""
-    _app()
+    buffered = _ComposeErrors(sys.stderr)
+    sys.stderr = buffered
+    try:
+        _app()
+    except KeyboardInterrupt:
+        buffered.release()
+        print("vtr_bench: error: interrupted (finished runs are kept: the same command resumes)", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as stop:
+        if sys.stderr is buffered and stop.code not in (0, None):  # Hydra could not compose the config
+            held = buffered.getvalue().strip().splitlines()
+            sys.stderr = buffered.stderr
+            reason = next((line for line in held if line.strip() and not line.startswith(("Traceback", " "))),
+                          "invalid configuration")
+            print(f"vtr_bench: error: {reason}", file=sys.stderr)
+            sys.stderr.write("\n".join(held[1:] if held and held[0] == reason else held) + "\n")
+            sys.exit(2)
+        raise
+    finally:
+        buffered.release()
     if _SWEEP_FAILURES:
         print(f"vtr_bench: error: {len(_SWEEP_FAILURES)} sweep job(s) failed:", file=sys.stderr)
         for line in _SWEEP_FAILURES:

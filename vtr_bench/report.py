@@ -25,27 +25,46 @@ def primary_metric(metrics: dict) -> float | None:
     return float(next(iter(metrics.values()))) if metrics else None
 
 
+REQUIRED_KEYS = ("model", "method", "budget_achieved", "metrics", "tflops", "flops_ratio", "latency",
+                 "schedule_ratios")
+
+
+def _row(path: Path, results: dict) -> dict:
+    """One report row of a complete results file."""
+    scores = {task: primary_metric(m) for task, m in results.get("metrics", {}).items() if isinstance(m, dict)}
+    scores = {task: s for task, s in scores.items() if s is not None}
+    return {
+        "run_dir": str(path.parent), "model": results["model"], "method": results["method"],
+        "budget": results.get("budget_requested"), "budget_achieved": float(results["budget_achieved"]),
+        "scores": scores, "average": sum(scores.values()) / len(scores) if scores else None,
+        "tflops": results["tflops"], "flops_ratio": results["flops_ratio"],
+        "prefill_ms": results["latency"]["prefill"]["median_ms"], "ratios": results["schedule_ratios"],
+        "label": results.get("label"), "positions": results.get("positions"),
+        "flops": (results.get("flops_convention") or {}).get("name"),
+    }
+
+
 def collect(runs_dir: Path) -> list[dict]:
     """Complete results under ``runs_dir`` as flat rows (one per run), sorted by model, method, budget."""
     rows = []
     for path in sorted(runs_dir.rglob("results.json")):
         try:
-            results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # unreadable, binary or half-written
+            print(f"vtr_bench: warning: skipped {path}: not readable JSON ({type(error).__name__})", file=sys.stderr)
             continue
-        if results.get("status") != "complete":
+        if not isinstance(results, dict) or results.get("status") != "complete":
+            if not isinstance(results, dict):
+                print(f"vtr_bench: warning: skipped {path}: not a results object", file=sys.stderr)
             continue
-        scores = {task: primary_metric(m) for task, m in results.get("metrics", {}).items()}
-        scores = {task: s for task, s in scores.items() if s is not None}
-        rows.append({
-            "run_dir": str(path.parent), "model": results["model"], "method": results["method"],
-            "budget": results.get("budget_requested"), "budget_achieved": results["budget_achieved"],
-            "scores": scores, "average": sum(scores.values()) / len(scores) if scores else None,
-            "tflops": results["tflops"], "flops_ratio": results["flops_ratio"],
-            "prefill_ms": results["latency"]["prefill"]["median_ms"], "ratios": results["schedule_ratios"],
-            "label": results.get("label"), "positions": results.get("positions"),
-            "flops": (results.get("flops_convention") or {}).get("name"),
-        })
+        missing = [k for k in REQUIRED_KEYS if k not in results]
+        if missing or not isinstance(results.get("metrics"), dict):
+            print(f"vtr_bench: warning: skipped {path}: missing {missing or ['metrics']}", file=sys.stderr)
+            continue
+        try:
+            rows.append(_row(path, results))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            print(f"vtr_bench: warning: skipped {path}: malformed ({type(error).__name__}: {error})", file=sys.stderr)
     rows.sort(key=lambda r: (r["model"], r["method"], -(r["budget_achieved"])))
     return rows
 

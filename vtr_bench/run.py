@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import resource
 import statistics
 import sys
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vtr_bench.checks import check_config, check_writable_dir
 from vtr_bench.errors import ConfigError
-from vtr_bench.methods.base import Method
+from vtr_bench.methods.base import Method, check_budget
 from vtr_bench.models.loader import local_weights_stamp
 from vtr_bench.reduction.flops import DecoderDims, flops_report, kv_cache_bytes, prefill_macs
 
@@ -123,6 +125,9 @@ class BenchmarkRecipe:
 
         cfg = self.cfg
         bench = cfg.benchmark
+        if self.method.needs_objective:  # before the model loads and the search runs, not after
+            check_writable_dir(cfg.search.cache_dir, "search.cache_dir")
+            check_writable_dir(cfg.search.schedules_dir, "search.schedules_dir")
         self.task_manager = prepare_tasks(list(bench.tasks), bench.local, cfg.run.cache_dir,
                                           list(bench.get("include_path") or []))
         torch.manual_seed(cfg.seed)
@@ -188,6 +193,7 @@ class BenchmarkRecipe:
             "tflops_full": statistics.fmean(macs_full) / 1e12,
             "flops_ratio": sum(macs) / sum(macs_full),
             "vision_tower_tflops_per_image": self.adapter.vision_tower_macs() / 1e12,
+            "prompt_tokens_mean": statistics.fmean(r.prompt_tokens for r in records),
             "kv_cache_bytes": statistics.fmean(kv_bytes),
             "kv_cache_bytes_full": statistics.fmean(kv_bytes_full),
             "flops_convention": convention,
@@ -200,16 +206,33 @@ class BenchmarkRecipe:
         }
 
 
-# Config keys that change where or how a run is shown, not what it computes: left out of the run id.
-VOLATILE_KEYS = {"run": ("out_dir", "cache_dir", "show_progress", "force"), "logger": None, "hub": None}
+# Config keys that change where or how a run is shown or cached, not what it computes: left out of the run id (so
+# spelling run.out_dir as runs, ./runs or an absolute path gives one run).
+VOLATILE_KEYS = {"run": ("out_dir", "cache_dir", "show_progress", "force"), "search": ("cache_dir", "schedules_dir"),
+                 "logger": None, "hub": None}
+
+
+def file_stamp(path) -> str | None:
+    """SHA-256 of a regular file's bytes (None: missing or not a regular file; the run reports that itself)."""
+    path = Path(str(path))
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_id(cfg: DictConfig) -> str:
-    """A deterministic id from the resolved config and the local checkpoint's weights (budget tag + hash), so a
-    re-run finds its finished results and a retrained checkpoint does not."""
+    """A deterministic id from the resolved config and the contents of the files the run reads (the local
+    checkpoint's weights, a saved schedule), budget tag + hash: a re-run finds its finished results, and a
+    retrained checkpoint or a rewritten schedule file does not."""
     data = OmegaConf.to_container(cfg, resolve=True)
     if (weights := local_weights_stamp(cfg.model)) is not None:
         data["weights"] = weights
+    if cfg.method.get("path") is not None:
+        data["schedule_file"] = file_stamp(cfg.method.path)
     for key, subkeys in VOLATILE_KEYS.items():
         if subkeys is None:
             data.pop(key, None)
@@ -221,10 +244,24 @@ def run_id(cfg: DictConfig) -> str:
     return f"{tag}-{digest}"
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def _path_part(value, what: str) -> str:
+    """A run-directory component: letters, digits and ``._+-``, not starting with a dot (so never ``..``)."""
+    text = str(value)
+    if not _SAFE_NAME.fullmatch(text):
+        raise ConfigError(f"{what} {text!r} cannot name a run directory (use letters, digits and ._+-)")
+    return text
+
+
 def run_directory(cfg: DictConfig) -> Path:
-    """``<run.out_dir>/<model>/<method>/<run id>`` (``rank_stability`` runs under the method ``rank_stability``)."""
+    """``<run.out_dir>/<model>/<method>/<run id>`` (``rank_stability`` runs under the method ``rank_stability``);
+    the budget is validated first and every component is checked, so no run writes outside ``run.out_dir``."""
+    check_budget(cfg.budget)
     method = "rank_stability" if cfg.run.mode == "rank_stability" else method_name(cfg)
-    return Path(cfg.run.out_dir) / str(cfg.model.name) / method / run_id(cfg)
+    return Path(cfg.run.out_dir) / _path_part(cfg.model.name, "model.name") / _path_part(method, "method") / \
+        _path_part(run_id(cfg), "run id")
 
 
 def _prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -234,10 +271,13 @@ def _prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict | None:
     if is_complete(run_dir) and not cfg.run.force:
         print(f"vtr_bench: skipped {run_dir}: already complete (run.force=true recomputes)", file=sys.stderr)
         return load_results(run_dir)
+    if (run_dir / "results.json").is_dir():
+        raise ConfigError(f"{run_dir / 'results.json'} is a directory: remove it so that results can be written")
     if (run_dir / "config.yaml").exists():
         print(f"vtr_bench: re-running incomplete run {run_dir}", file=sys.stderr)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").unlink(missing_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     except OSError as error:
         raise ConfigError(f"cannot write the run directory {run_dir}: {error.strerror or error}") from None
@@ -253,22 +293,40 @@ def run(cfg: DictConfig, group: str | None = None) -> dict:
     """
     if cfg.run.mode not in RUN_MODES:
         raise ConfigError(f"run.mode must be one of {RUN_MODES}, got {cfg.run.mode!r}")
+    check_config(cfg)
     if cfg.run.mode == "flops":
         report = plan_flops(cfg)
         print(json.dumps(report))
         return report
     run_dir = run_directory(cfg)
+    recipe = BenchmarkRecipe(cfg, run_dir) if cfg.run.mode == "eval" else None  # validates before any file
     finished = _prepare_run_dir(cfg, run_dir)
     if finished is not None:
         return finished
-    if cfg.run.mode == "rank_stability":
+    try:
+        return _execute(cfg, recipe, run_dir, group)
+    except Exception as error:
+        _mark_failed(run_dir, error)
+        raise
+
+
+def _mark_failed(run_dir: Path, error: Exception) -> None:
+    """Leave ``error.txt`` (one line) in a run dir whose run failed; finished results stay as they were."""
+    first_line = (str(error).splitlines() or [""])[0]
+    try:
+        (run_dir / "error.txt").write_text(f"{type(error).__name__}: {first_line}\n")
+    except OSError:
+        pass
+
+
+def _execute(cfg: DictConfig, recipe: "BenchmarkRecipe | None", run_dir: Path, group: str | None) -> dict:
+    if recipe is None:
         from vtr_bench.search.rank import rank_stability
 
         return rank_stability(cfg, run_dir)
     from vtr_bench.tracking.results import write_json_atomic
     from vtr_bench.tracking.wandb_logger import make_logger
 
-    recipe = BenchmarkRecipe(cfg, run_dir)
     recipe.setup()
     name = method_name(cfg)
     logger = make_logger(cfg.logger.mode, project=cfg.logger.project, save_dir=run_dir, group=group,
@@ -281,7 +339,10 @@ def run(cfg: DictConfig, group: str | None = None) -> dict:
 
             record_search(recipe.method, recipe.objective, cfg.search.schedules_dir, run_dir, logger)
         results = recipe.evaluate()
-        write_json_atomic(run_dir / "results.json", results)
+        try:
+            write_json_atomic(run_dir / "results.json", results)
+        except OSError as error:
+            raise ConfigError(f"cannot write {run_dir / 'results.json'}: {error.strerror or error}") from None
         logger.log_metrics({k: results[k] for k in ("budget_achieved", "tflops", "flops_ratio", "latency",
                                                     "peak_memory_mib", "samples")} | {"metrics": results["metrics"]})
         logger.log_table("keep_schedule", ["layer", "ratio", "mean_kept_tokens"],

@@ -26,6 +26,7 @@ class GenerationOutput:
     processed_counts: list[list[int]] = field(default_factory=list)
     n_vision: list[int] = field(default_factory=list)
     kv_cache_bytes: int = 0
+    step_logits: list[torch.Tensor] = field(default_factory=list)  # (batch, vocab) per step, with keep_logits
 
 
 def _sync(device: torch.device) -> None:
@@ -35,7 +36,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inputs: dict, vision_mask: torch.Tensor,
-                    max_new_tokens: int, eos_token_ids: set[int]) -> GenerationOutput:
+                    max_new_tokens: int, eos_token_ids: set[int], keep_logits: bool = False) -> GenerationOutput:
     """Greedy-decode a left-padded batch through ``model`` with ``engine`` attached.
 
     Args:
@@ -46,6 +47,7 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         vision_mask: (batch, seq) True at vision-token positions.
         max_new_tokens: maximum number of generated tokens.
         eos_token_ids: ids that end a sample's generation.
+        keep_logits: also return each step's last-position logits (tests compare them with re-run prefills).
 
     Returns:
         The generated ids per sample, the timings and the KV-cache size right after the prefill.
@@ -58,6 +60,7 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     decode_seconds: list[float] = []
+    step_logits: list[torch.Tensor] = []
     request = engine.request(vision_mask, attention_mask) if engine is not None else nullcontext()
     with request as ctx:
         _sync(device)
@@ -65,6 +68,8 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         out = model(**inputs, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
         next_token = out.logits[:, -1].argmax(-1)
+        if keep_logits:
+            step_logits.append(out.logits[:, -1].float().clone())
         _sync(device)
         prefill_seconds = time.perf_counter() - start
         kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
@@ -82,8 +87,12 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
                         position_ids=(lengths + step).unsqueeze(-1), past_key_values=cache, use_cache=True,
                         cache_position=torch.tensor([prompt_len + step], device=device), logits_to_keep=1)
             next_token = out.logits[:, -1].argmax(-1)
+            if keep_logits:
+                step_logits.append(out.logits[:, -1].float().clone())
             _sync(device)
             decode_seconds.append(time.perf_counter() - start)
     if ctx is None:
-        return GenerationOutput(tokens, prefill_seconds, decode_seconds, kv_cache_bytes=kv_bytes)
-    return GenerationOutput(tokens, prefill_seconds, decode_seconds, ctx.processed_counts(), ctx.n_vision, kv_bytes)
+        return GenerationOutput(tokens, prefill_seconds, decode_seconds, kv_cache_bytes=kv_bytes,
+                                step_logits=step_logits)
+    return GenerationOutput(tokens, prefill_seconds, decode_seconds, ctx.processed_counts(), ctx.n_vision, kv_bytes,
+                            step_logits)

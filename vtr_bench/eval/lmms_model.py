@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from lmms_eval.api.model import lmms
@@ -14,6 +15,19 @@ from vtr_bench.reduction.engine import ReductionEngine
 
 DEFAULT_MAX_NEW_TOKENS = 16
 MULTI_IMAGE_POLICIES = ("error", "middle")
+
+
+@contextmanager
+def strict_image_decoding():
+    """Decode images fully inside the block: lmms-eval sets PIL's ``LOAD_TRUNCATED_IMAGES``, under which damaged
+    pixel data decodes silently into a partial image (a silent wrong answer); here it raises instead."""
+    from PIL import ImageFile
+
+    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 @dataclass
@@ -65,7 +79,10 @@ class ReducedLMM(lmms):
         for request in batch:
             context, _, doc_to_visual, doc_id, task, split = request.args
             try:
-                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+                with strict_image_decoding():  # the dataset decodes the doc's images on access
+                    visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+                    for visual in visuals or []:
+                        getattr(visual, "load", lambda: None)()
             except Exception as error:  # noqa: BLE001 - a corrupt or missing image, named in one line
                 raise EvaluationError(f"{task} doc {doc_id}: could not load its image: "
                                       f"{type(error).__name__}: {error}") from error

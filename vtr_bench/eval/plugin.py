@@ -10,6 +10,7 @@ dotted key (``method.k=1``); they compose the same Hydra config as ``python -m v
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from lmms_eval.models.registry_v2 import ModelManifest
@@ -41,8 +42,12 @@ class VtrBenchLMM(ReducedLMM):
                  positions: str | None = None, seed: int = 0, batch_size: int = 1, device: str | None = None,
                  **overrides) -> None:
         from hydra import compose, initialize_config_dir
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
 
+        from vtr_bench.checks import check_config
         from vtr_bench.cli import CONF_DIR, quiet_environment
+        from vtr_bench.errors import VtrError
         from vtr_bench.run import BenchmarkRecipe, run_directory
 
         args = [_override("budget", budget), _override("positions", positions), _override("seed", seed)]
@@ -50,9 +55,16 @@ class VtrBenchLMM(ReducedLMM):
         args += [_override(k, v) for k, v in overrides.items()]
         if device:
             args.append(_override("run.device", device))
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=args)
-        quiet_environment(cfg)
-        recipe = BenchmarkRecipe(cfg, Path(run_directory(cfg)))
-        recipe.setup()
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=args)
+            quiet_environment(cfg)
+            check_config(cfg)
+            recipe = BenchmarkRecipe(cfg, Path(run_directory(cfg)))
+            recipe.setup()
+        except (VtrError, HydraException, OmegaConfBaseException) as error:
+            # lmms-eval prints a traceback and exits 0 on a model that fails to build: one line and exit 2 instead
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            print(f"vtr_bench: error: --model_args: {first}", file=sys.stderr)
+            sys.exit(2)
         super().__init__(recipe.adapter, recipe.engine, batch_size=int(batch_size))

@@ -57,8 +57,8 @@ class FastV(Method):
             if r is not None:
                 raise ConfigError("give either method.preset or method.r, not both")
             k, r = PRESETS[str(preset)]
-        if k < 0:
-            raise ConfigError(f"method.k must be >= 0, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"method.k must be an integer >= 0, got {k!r}")
         if r is not None and not 0 <= r <= 1:
             raise ConfigError(f"method.r must be in [0, 1], got {r}")
         self.k = int(k)

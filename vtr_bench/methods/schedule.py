@@ -11,15 +11,23 @@ from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import LastTokenAttention, RandomScorer, Scorer
 
 SCORERS = ("last_token", "random")
+MAX_SCHEDULE_BYTES = 16 * 2**20
 
 
 def load_schedule_file(path: str | Path) -> KeepSchedule:
-    """Read ``{"ratios": [...], ...}`` from a JSON file; any problem is a one-line ScheduleError."""
+    """Read ``{"ratios": [...], ...}`` from a regular JSON file of at most 16 MiB (never a FIFO or a device, which
+    could hang or exhaust memory); any problem is a one-line ScheduleError."""
     path = Path(path)
+    if not path.exists():
+        raise ScheduleError(f"schedule file {path} does not exist")
+    if not path.is_file():
+        raise ScheduleError(f"schedule file {path} is not a regular file")
+    if path.stat().st_size > MAX_SCHEDULE_BYTES:
+        raise ScheduleError(f"schedule file {path} is larger than {MAX_SCHEDULE_BYTES // 2**20} MiB")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScheduleError(f"schedule file {path} does not exist") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ScheduleError(f"schedule file {path} cannot be read: {error.strerror or error}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ScheduleError(f"schedule file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict) or not isinstance(data.get("ratios"), list):
@@ -48,6 +56,8 @@ class GivenSchedule(Method):
             raise ConfigError("method=schedule needs exactly one of method.ratios or method.path")
         if scorer not in SCORERS:
             raise ConfigError(f"method.scorer must be one of {SCORERS}, got {scorer!r}")
+        if source_offset not in (-1, 0):
+            raise ConfigError(f"method.source_offset must be -1 or 0, got {source_offset!r}")
         self._schedule = load_schedule_file(path) if path is not None else KeepSchedule(tuple(ratios))
         self.path, self.scorer_name, self.source_offset = path, scorer, source_offset
         self.ratios = list(self._schedule.ratios)

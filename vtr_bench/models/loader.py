@@ -112,6 +112,33 @@ def native_checkpoint(cfg, source: str) -> str:
     return str(target)
 
 
+def check_local_files(folder: Path) -> None:
+    """One-line errors, naming the file, for a local checkpoint whose ``config.json`` is not a JSON object (or has a
+    non-object ``*_config``) or whose safetensors files cannot be opened (truncated, corrupt)."""
+    import json
+
+    from safetensors import safe_open
+
+    config = folder / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{config} is not readable JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{config} must hold a JSON object")
+    for key, value in data.items():
+        if key.endswith("_config") and value is not None and not isinstance(value, dict):
+            raise ModelLoadError(f"{config}: {key} must be an object, got {type(value).__name__}")
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                for name in f.keys():
+                    f.get_slice(name)
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error type
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ModelLoadError(f"{weights} is not a readable safetensors file: {first}") from None
+
+
 def _classes(family: str):
     """(model class, processor class) of a family; InternVL's processor is the one without a video processor."""
     import transformers
@@ -152,14 +179,16 @@ def load_adapter(cfg, device: str = "cpu") -> VLMAdapter:
         model_class, processor_class = _classes(cfg.family)
         kwargs = dict(revision=cfg.get("revision"), dtype=DTYPES[cfg.dtype],
                       attn_implementation=cfg.attn_implementation)
+        if Path(source).is_dir():
+            check_local_files(Path(source))
         try:
             source = native_checkpoint(cfg, source)
             # use_fast=False: the fast image processors need torchvision, which this environment leaves out
             processor = processor_class.from_pretrained(source, revision=cfg.get("revision"), use_fast=False)
             model = model_class.from_pretrained(source, **kwargs)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - any loading failure is one line naming the checkpoint
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelLoadError(f"could not load {source}: {first_line}") from error
+            raise ModelLoadError(f"could not load {source}: {type(error).__name__}: {first_line}") from error
         processor.tokenizer.padding_side = "left"
     model = model.to(device=device, dtype=DTYPES[cfg.dtype]).eval()
     return VLMAdapter(model, processor, prompt_template=cfg.prompt_template, name=cfg.name,

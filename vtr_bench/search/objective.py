@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
+import uuid
 from pathlib import Path
 
 from vtr_bench.errors import ConfigError, EvaluationError
@@ -47,6 +49,7 @@ class CachedObjective:
         self.trace_path = Path(trace_path) if trace_path is not None else None
         self.trace: list[dict] = []
         self.new_evaluations = 0
+        self.attempt = uuid.uuid4().hex[:12]  # marks this search's lines in a trace that earlier attempts share
 
     def key(self, schedule: KeepSchedule) -> dict:  # pragma: no cover - interface
         """A JSON-friendly dict that identifies the evaluation of ``schedule``."""
@@ -81,13 +84,20 @@ class CachedObjective:
 
     @staticmethod
     def _read(path: Path, key: dict) -> dict | None:
+        """The stored entry, or None (then it is recomputed) when it is missing, unreadable, for another key, or its
+        accuracy is not a finite number."""
         try:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return entry if isinstance(entry, dict) and entry.get("key") == key and "accuracy" in entry else None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            return None
+        accuracy = entry.get("accuracy")
+        valid = isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and math.isfinite(accuracy)
+        return entry if valid else None
 
     def _record(self, line: dict) -> None:
+        line = {"attempt": self.attempt, **line}
         self.trace.append(line)
         if self.trace_path is not None:
             self.trace_path.parent.mkdir(parents=True, exist_ok=True)

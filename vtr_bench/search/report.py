@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,10 +78,13 @@ def save_schedule(result: SearchResult, method: str, method_params: dict, proven
         schedules_dir: destination folder.
 
     Returns:
-        The file ``<model>-<method>-<tag>-<task>-n<samples>-s<seed>.json``.
+        The file ``<model>-<method>-<tag>-<task>-n<samples>-s<seed>-<setting>.json``, ``<setting>`` a short hash of
+        the method's parameters and the search's provenance, so that different searches never share a file.
     """
+    what = {"method_params": method_params, **{k: v for k, v in provenance.items() if k != "new_evaluations"}}
+    setting = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
     name = (f"{provenance.get('model', 'model')}-{method}-{result.tag}-{provenance.get('task', 'task')}"
-            f"-n{provenance.get('samples', 'all')}-s{provenance.get('seed', 0)}.json")
+            f"-n{provenance.get('samples', 'all')}-s{provenance.get('seed', 0)}-{setting}.json")
     path = Path(schedules_dir) / name
     write_json_atomic(path, {**result.summary(), "method": method, "method_params": method_params, **provenance,
                              "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})

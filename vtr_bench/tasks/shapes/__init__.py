@@ -73,10 +73,16 @@ def build_dataset() -> datasets.DatasetDict:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    """Write ``text`` atomically (a temporary file of its own, so that processes racing here never share one)."""
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def materialize(cache_dir: str | Path) -> Path:
@@ -99,6 +105,7 @@ def materialize(cache_dir: str | Path) -> Path:
     per_type = "".join(_PER_TYPE.format(qtype=t) for t in QUESTION_TYPES)
     _write_if_changed(tasks / "_default.yaml", _DEFAULT_YAML.format(per_type=per_type, version=DATA_VERSION))
     for task, split in TASKS.items():
-        _write_if_changed(tasks / f"{task}.yaml", _TASK_YAML.format(task=task, data=json.dumps(str(data)), split=split))
+        path = json.dumps(str(data), ensure_ascii=False)  # non-ASCII folders stay characters, not \u escapes
+        _write_if_changed(tasks / f"{task}.yaml", _TASK_YAML.format(task=task, data=path, split=split))
     _write_if_changed(tasks / "utils.py", _UTILS_SHIM)
     return tasks
