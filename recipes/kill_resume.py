@@ -21,14 +21,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SWEEP = ["-m", "method=fastv,random", "budget=0.5,0.3,0.125", "benchmark.limit=20"]
+SWEEP = ["-m", "method=fastv,random", "++method.k=1", "budget=0.5,0.3,0.25,0.125", "benchmark.limit=40"]
 SEARCHES = {"psigmoid": ["method=psigmoid", "budget=0.3", "search.limit=10", "method.n_calls=8",
                          "method.n_initial_points=4", "benchmark.limit=5"],
             "gsearch": ["method=gsearch", "search.limit=10", "benchmark.limit=5"]}
 
 
 def command(out: Path, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "vtr_bench", f"run.out_dir={out}", "logger=none", "run.show_progress=false", *args]
+    flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
+    return [sys.executable, "-m", "vtr_bench", *flags, f"run.out_dir={out}", "logger=none", "run.show_progress=false",
+            *(a for a in args if not a.startswith("-"))]
 
 
 def env() -> dict:
@@ -44,14 +46,23 @@ def complete(out: Path) -> dict[str, bytes]:
     return found
 
 
-def killed_then_resumed(out: Path, args: list[str], kills: int, rng: random.Random, window: tuple[float, float]):
-    """Run ``args`` ``kills`` times, each SIGKILLed after a random delay, then to the end; returns (snapshots of the
-    finished results after each kill, the final finished results, kills that landed before the end)."""
+def timed(out: Path, args: list[str]) -> float:
+    """Run ``args`` uninterrupted (the reference); returns its wall time in seconds."""
+    start = time.perf_counter()
+    subprocess.run(command(out, args), env=env(), cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def killed_then_resumed(out: Path, args: list[str], kills: int, delay):
+    """Run ``args`` ``kills`` times, each SIGKILLed after ``delay(finished runs so far)`` seconds, then to the end;
+    returns (snapshots of the finished results after each kill, the final finished results, kills that landed before
+    the command had finished)."""
     snapshots, landed = [], 0
     for _ in range(kills):
         proc = subprocess.Popen(command(out, args), env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(*window))
+        time.sleep(delay(len(complete(out))))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             landed += 1
@@ -85,21 +96,24 @@ def main(argv=None) -> int:
     report = {"machine": "2-core x86-64 CPU, OMP_NUM_THREADS=1", "seed": args.seed}
 
     reference = args.out / "reference"
-    subprocess.run(command(reference, SWEEP), env=env(), cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    snapshots, final, landed = killed_then_resumed(args.out / "sweep", SWEEP, args.kills, rng, (4.0, 30.0))
+    seconds = timed(reference, SWEEP)
+    total = len(complete(reference))
+    # a kill at a random moment of what is left (each attempt skips the finished runs), after a 2 s start
+    delay = lambda done: 2 + rng.uniform(0.1, 1.0) * seconds * (total - done) / total  # noqa: E731
+    snapshots, final, landed = killed_then_resumed(args.out / "sweep", SWEEP, args.kills, delay)
     rewritten = sum(final.get(path) != data for snap in snapshots for path, data in snap.items())
-    report["sweep"] = {"runs": len(final), "kills": landed, "finished_before_a_kill": sum(map(len, snapshots)),
+    report["sweep"] = {"runs": len(final), "kills": landed, "uninterrupted_seconds": round(seconds, 1), "finished_before_a_kill": sum(map(len, snapshots)),
                        "rewritten_after_resume": rewritten,
                        "metrics_equal_uninterrupted": metrics(final) == metrics(complete(reference))}
 
     for name, search in SEARCHES.items():
         reference = args.out / f"{name}-reference"
-        subprocess.run(command(reference, search), env=env(), cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        seconds = timed(reference, search)
         resumed = args.out / name
-        _, _, landed = killed_then_resumed(resumed, search, max(2, args.kills // 2), rng, (6.0, 40.0))
-        report[name] = {"kills": landed, "same_schedule": saved_schedule(resumed) == saved_schedule(reference)}
+        delay = lambda done, s=seconds: rng.uniform(0.3, 0.7) * s  # noqa: E731  (cached evaluations replay fast)
+        _, _, landed = killed_then_resumed(resumed, search, max(2, args.kills // 2), delay)
+        report[name] = {"kills": landed, "uninterrupted_seconds": round(seconds, 1),
+                        "same_schedule": saved_schedule(resumed) == saved_schedule(reference)}
     report["minutes"] = round((time.time() - start) / 60, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

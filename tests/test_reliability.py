@@ -409,3 +409,24 @@ def test_22_search_samples_with_different_vision_token_counts(tmp_path, monkeypa
     assert len(set(counts)) == 2 and objective.vision_token_counts == sorted(counts)
     schedule = KeepSchedule((1.0,) * 2 + (0.3,) * (len(adapter.decoder_layers) - 2))
     assert objective.key(schedule)["keep"] == {str(n): schedule.counts(n) for n in sorted(counts)}
+
+
+def test_14_a_killed_wandb_service_is_one_warning(guarded):
+    work, out = guarded
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+           "HF_HOME": str(out / "hf")}
+    proc = subprocess.Popen([sys.executable, "-m", "vtr_bench", f"run.out_dir={out}", "run.show_progress=false"],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = False
+    for _ in range(600):  # the W&B service starts after the model has loaded
+        found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "wandb-core"], capture_output=True, text=True)
+        if found.stdout.strip():
+            time.sleep(3)  # W&B is running and logging
+            os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.1)
+    _, stderr = proc.communicate(timeout=300)
+    assert killed and proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert "vtr_bench: W&B logging disabled" in stderr
+    assert [p for p in out.glob("tiny_llava/full/*/results.json") if "earlier" not in str(p)]

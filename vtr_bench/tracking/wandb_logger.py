@@ -180,12 +180,17 @@ class WandbLogger:
     def finish(self) -> None:
         """Flush and close the run; later calls are no-ops."""
         run, self._run = self._run, None
-        if run is None:
-            return
-        try:
-            run.finish()
-        except Exception as error:  # noqa: BLE001
-            self._disable(error)
+        if run is not None:
+            try:
+                run.finish()
+            except Exception as error:  # noqa: BLE001
+                self._disable(error)
+        if "wandb" in sys.modules:  # stop the W&B service now: its atexit hook prints a traceback if it has died
+            try:
+                sys.modules["wandb"].teardown()
+            except Exception as error:  # noqa: BLE001
+                if not self._disabled:
+                    self._disable(error)
 
 
 def make_logger(mode: str | None, **kwargs: Any) -> NullLogger | WandbLogger:
