@@ -12,6 +12,9 @@ from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.engine import ReductionEngine
 
 
+MODEL_NAME = "vtr_bench"  # our lmms-eval model name (the plugin's ``--model``)
+
+
 def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
                  include_path: Sequence[str] = ()):
     """An lmms-eval TaskManager that knows ``tasks``.
@@ -36,7 +39,9 @@ def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
         except ModuleNotFoundError:
             raise ConfigError(f"unknown local task package {local!r} (no vtr_bench.tasks.{local})") from None
         include.append(str(package.materialize(Path(cache_dir) / "tasks")))
-    manager = TaskManager(include_path=include or None, include_defaults=not local, verbosity="ERROR")
+    # model_name: tasks' lmms_eval_specific_kwargs entries for "vtr_bench" apply, as under lmms-eval's own CLI
+    manager = TaskManager(include_path=include or None, include_defaults=not local, verbosity="ERROR",
+                          model_name=MODEL_NAME)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"lmms-eval does not know task(s) {unknown}")

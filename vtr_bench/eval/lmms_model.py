@@ -100,7 +100,8 @@ class ReducedLMM(lmms):
         for i, request in enumerate(batch):
             _, _, _, doc_id, task, _ = request.args
             text = self.tokenizer.decode(out.tokens[i], skip_special_tokens=True)
-            for stop in gen_kwargs.get("until") or []:
+            until = gen_kwargs.get("until") or []
+            for stop in [until] if isinstance(until, str) else until:  # one string is one stop, as lmms-eval's
                 if stop and stop in text:
                     text = text.split(stop)[0]
             texts.append(text.strip())

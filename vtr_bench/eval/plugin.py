@@ -67,4 +67,5 @@ class VtrBenchLMM(ReducedLMM):
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             print(f"vtr_bench: error: --model_args: {first}", file=sys.stderr)
             sys.exit(2)
-        super().__init__(recipe.adapter, recipe.engine, batch_size=int(batch_size))
+        super().__init__(recipe.adapter, recipe.engine, batch_size=int(batch_size),
+                         multi_image=str(cfg.benchmark.get("multi_image", "error")))
