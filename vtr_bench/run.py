@@ -19,10 +19,10 @@ from vtr_bench.checks import check_config, check_writable_dir
 from vtr_bench.errors import ConfigError
 from vtr_bench.methods.base import Method, check_budget
 from vtr_bench.models.loader import local_weights_stamp
+from vtr_bench.reduction.engine import POSITION_POLICIES
 from vtr_bench.reduction.flops import DecoderDims, flops_report, kv_cache_bytes, prefill_macs
 
 RUN_MODES = ("eval", "flops", "rank_stability")
-POSITION_POLICIES = ("keep", "renumber")
 RUNNER_KEYS = ("positions",)  # method-node keys the runner reads; not constructor arguments
 
 
