@@ -430,3 +430,34 @@ def test_14_a_killed_wandb_service_is_one_warning(guarded):
     assert killed and proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
     assert "vtr_bench: W&B logging disabled" in stderr
     assert [p for p in out.glob("tiny_llava/full/*/results.json") if "earlier" not in str(p)]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs filled up (needs root and mount; skipped where either is missing)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:  # full
+            pass
+        finally:
+            os.close(fd)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_12_a_full_disk_is_one_line(full_disk, tmp_path):
+    out = full_disk / "runs"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-m", "vtr_bench", f"run.out_dir={out}", *FAST], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=600)
+    assert_one_clear_error(result, "vtr_bench: error: cannot write the run directory")
+    assert "No space left on device" in result.stderr
