@@ -9,7 +9,6 @@ Writes ``benchmarks/results/kill_resume.json``. CPU, one thread; about 10 minute
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -102,7 +101,8 @@ def main(argv=None) -> int:
     delay = lambda done: 2 + rng.uniform(0.1, 1.0) * seconds * (total - done) / total  # noqa: E731
     snapshots, final, landed = killed_then_resumed(args.out / "sweep", SWEEP, args.kills, delay)
     rewritten = sum(final.get(path) != data for snap in snapshots for path, data in snap.items())
-    report["sweep"] = {"runs": len(final), "kills": landed, "uninterrupted_seconds": round(seconds, 1), "finished_before_a_kill": sum(map(len, snapshots)),
+    report["sweep"] = {"runs": len(final), "kills": landed, "uninterrupted_seconds": round(seconds, 1),
+                       "finished_before_a_kill": sum(map(len, snapshots)),
                        "rewritten_after_resume": rewritten,
                        "metrics_equal_uninterrupted": metrics(final) == metrics(complete(reference))}
 

@@ -84,7 +84,8 @@ def test_sparsevlm_low_budgets_use_the_nearest_preset_profile():
     assert [counts[6], counts[15]] == [round(scale * 66), round(scale * 30)] and counts[16] == round(scale * 17)
 
 
-@pytest.mark.parametrize("method, budget, lowest", [(PyramidDrop(), 0.125, "0.25"), (SparseVLM(recycle=0), 0.05, "0.09375"),
+@pytest.mark.parametrize("method, budget, lowest", [(PyramidDrop(), 0.125, "0.25"),
+                                                   (SparseVLM(recycle=0), 0.05, "0.09375"),
                                                    (SparseVLM(), 0.12, "0.1221")])  # (3·576 + 29·18) / 32 / 576
 def test_unreachable_budgets_say_why(method, budget, lowest):
     with pytest.raises(ConfigError, match=f"lowest budget of this 32-layer schedule is {lowest}"):

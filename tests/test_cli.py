@@ -154,7 +154,8 @@ def test_corrupt_image_in_a_local_task(tmp_path):
     tasks = write_local_task(tmp_path, images_per_doc=1, corrupt_second=True)
     result = run_cli("benchmark.local=null", "benchmark.tasks=[my_images]", f"benchmark.include_path=[{tasks}]",
                      "logger=none", out_dir=tmp_path)
-    assert_one_clear_error(result, "vtr_bench: error: my_images doc 1: could not load its image: UnidentifiedImageError")
+    assert_one_clear_error(result,
+                           "vtr_bench: error: my_images doc 1: could not load its image: UnidentifiedImageError")
     assert not list(tmp_path.glob("tiny_llava/full/*/results.json"))
 
 

@@ -47,7 +47,8 @@ def families():
         "vision_layers": 2, "vision_heads": 2, "hidden_size": 64, "intermediate_size": 128, "num_layers": LAYERS,
         "num_heads": 4, "num_kv_heads": 2}, seed=4)
     return {"llava": (llava, IMAGE_TOKEN, 6, 64, 4 * GRID),
-            "internvl": (VLMAdapter(_sharpened(internvl)), internvl.config.image_token_id, 8, internvl.config.text_config.vocab_size,
+            "internvl": (VLMAdapter(_sharpened(internvl)), internvl.config.image_token_id, 8,
+                         internvl.config.text_config.vocab_size,
                          4 * GRID)}
 
 
@@ -173,6 +174,7 @@ def reference(adapter, embeds, kind, params):
     keyed by the first layer that sees them."""
     seq = Sequence(embeds, params["vision"])
     trace, n = {}, N
+    previous_hidden = previous_pos = None  # the last layer's input (FastV ranks with layer K-1's attention)
     raters = None
     if kind == "sparsevlm":  # text after the image whose mean relevance softmax_t(v . t) beats the mean
         vision = seq.vision

@@ -101,7 +101,8 @@ def test_2_a_schedule_file_changed_on_disk_is_not_reused(guarded):
     _schedule_file(path, [1.0] * 2 + [0.25] * 10)
     second = cli(work, out, "method=schedule", f"method.path={path}", *FAST)
     assert second.returncode == 0 and "already complete" not in second.stderr
-    ratios = sorted(json.loads(p.read_text())["schedule_ratios"][-1] for p in out.glob("tiny_llava/schedule/*/results.json"))
+    ratios = sorted(json.loads(p.read_text())["schedule_ratios"][-1]
+                    for p in out.glob("tiny_llava/schedule/*/results.json"))
     assert ratios == [0.25, 0.5]
 
 

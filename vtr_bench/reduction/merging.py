@@ -1,5 +1,6 @@
 """Plans for merging vision tokens: density-peak clusters and their sizes (SparseVLM's recycling) and spatial
-pooling cells (downsampling). Pure functions; :func:`vtr_bench.reduction.sequence.reduce_sequence` does the merging itself.
+pooling cells (downsampling). Pure functions; :func:`vtr_bench.reduction.sequence.reduce_sequence` does the merging
+itself.
 """
 from __future__ import annotations
 

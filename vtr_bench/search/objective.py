@@ -30,7 +30,8 @@ TRACE_FILE = "search_trace.jsonl"
 CACHE_FORMAT = 1
 
 
-def _digest(obj) -> str:
+def digest(obj) -> str:
+    """SHA-256 (hex) of a JSON-friendly object, keys sorted: cache keys and saved-schedule names."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -67,7 +68,7 @@ class CachedObjective:
         """
         start = time.perf_counter()
         key = {"format": CACHE_FORMAT, **self.key(schedule)}
-        path = self.cache_dir / f"{_digest(key)}.json"
+        path = self.cache_dir / f"{digest(key)}.json"
         entry = self._read(path, key)
         cached = entry is not None
         if not cached:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from vtr_bench.search.objective import digest
 from vtr_bench.search.result import SearchResult
 from vtr_bench.tracking.results import write_json_atomic
 
@@ -82,7 +81,7 @@ def save_schedule(result: SearchResult, method: str, method_params: dict, proven
         the method's parameters and the search's provenance, so that different searches never share a file.
     """
     what = {"method_params": method_params, **{k: v for k, v in provenance.items() if k != "new_evaluations"}}
-    setting = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    setting = digest(what)[:8]
     name = (f"{provenance.get('model', 'model')}-{method}-{result.tag}-{provenance.get('task', 'task')}"
             f"-n{provenance.get('samples', 'all')}-s{provenance.get('seed', 0)}-{setting}.json")
     path = Path(schedules_dir) / name

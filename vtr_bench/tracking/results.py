@@ -38,8 +38,13 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     Raises:
         TypeError: If ``obj`` holds something that cannot be serialised (``path`` is left untouched).
     """
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_to_json) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) so that ``path`` is either the old file or the complete new one: a temporary file of
+    its own in the same directory (concurrent writers never share one), fsynced, then ``os.replace``."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, default=_to_json) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 
 from vtr_bench.tiny.data import DATA_VERSION, QUESTION_TYPES, render, split_samples
+from vtr_bench.tracking.results import write_text_atomic
 
 TASKS = {"shapes": "test", "shapes_search": "search"}
 
@@ -75,14 +76,7 @@ def build_dataset() -> datasets.DatasetDict:
 def _write_if_changed(path: Path, text: str) -> None:
     """Write ``text`` atomically (a temporary file of its own, so that processes racing here never share one)."""
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, text)
 
 
 def materialize(cache_dir: str | Path) -> Path:
