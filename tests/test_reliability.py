@@ -460,5 +460,5 @@ def test_12_a_full_disk_is_one_line(full_disk, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run([sys.executable, "-m", "vtr_bench", f"run.out_dir={out}", *FAST], capture_output=True,
                             text=True, env=env, cwd=tmp_path, timeout=600)
-    assert_one_clear_error(result, "vtr_bench: error: cannot write the run directory")
+    assert_one_clear_error(result, "vtr_bench: error: cannot write the ")  # the run dir, or task data under it
     assert "No space left on device" in result.stderr

@@ -14,15 +14,13 @@ import json
 import sys
 from pathlib import Path
 
-PRIMARY_METRICS = ("exact_match", "accuracy", "acc", "mme_percetion_score", "gpt_eval_score")
-
+from vtr_bench.eval.samples import headline, paired_scores, read_samples
+from vtr_bench.eval.stats import DEFAULT_RESAMPLES, bootstrap_ci
 
 def primary_metric(metrics: dict) -> float | None:
-    """The headline score of one task's metric table (first of PRIMARY_METRICS present, else the first value)."""
-    for name in PRIMARY_METRICS:
-        if name in metrics:
-            return float(metrics[name])
-    return float(next(iter(metrics.values()))) if metrics else None
+    """The headline score of one task's metric table (:func:`~vtr_bench.eval.samples.headline`)."""
+    name = headline(metrics)
+    return None if name is None else float(metrics[name])
 
 
 REQUIRED_KEYS = ("model", "method", "budget_achieved", "metrics", "tflops", "flops_ratio", "latency",
@@ -40,7 +38,7 @@ def _row(path: Path, results: dict) -> dict:
         "tflops": results["tflops"], "flops_ratio": results["flops_ratio"],
         "prefill_ms": results["latency"]["prefill"]["median_ms"], "ratios": results["schedule_ratios"],
         "label": results.get("label"), "positions": results.get("positions"),
-        "flops": (results.get("flops_convention") or {}).get("name"),
+        "flops": (results.get("flops_convention") or {}).get("name"), "pairing": results.get("pairing"),
     }
 
 
@@ -69,36 +67,98 @@ def collect(runs_dir: Path) -> list[dict]:
     return rows
 
 
+def paired_stats(rows: list[dict], resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> None:
+    """Add to each row its accuracy interval (``accuracy_ci``) and its paired comparison with the full model
+    (``vs_full``) and with ``random`` at the same requested budget (``vs_random``) of the same pairing (same model,
+    tasks, files, limit): :func:`vtr_bench.compare.compare`'s average entry plus ``answer_match`` (loyalty). Rows
+    without ``samples.jsonl`` (older runs) get None."""
+    from vtr_bench.compare import compare
+    from vtr_bench.errors import VtrError
+
+    loaded: dict[str, dict | None] = {}
+
+    def samples(row):
+        if row["run_dir"] not in loaded:
+            try:
+                loaded[row["run_dir"]] = read_samples(row["run_dir"])
+            except VtrError:
+                loaded[row["run_dir"]] = None
+        return loaded[row["run_dir"]]
+
+    for row in rows:
+        row["accuracy_ci"] = row["vs_full"] = row["vs_random"] = None
+        mine = samples(row)
+        if mine is None:
+            continue
+        own = paired_scores(mine, mine)
+        if own:
+            row["accuracy_ci"] = bootstrap_ci({t: p["a"] for t, p in own.items()}, resamples, seed)
+        for name in ("full", "random"):
+            refs = [o for o in rows if o["method"] == name and o is not row and o["model"] == row["model"]
+                    and o["pairing"] is not None and o["pairing"] == row["pairing"]
+                    and (name == "full" or o["budget"] == row["budget"]) and samples(o) is not None]
+            if refs and row["method"] != name:
+                try:
+                    result = compare(samples(refs[0]), mine, resamples, seed)
+                except VtrError:
+                    continue
+                matches = [t["answer_match"] for t in result["tasks"].values() if t["answer_match"] is not None]
+                row[f"vs_{name}"] = {**result["average"], "reference": refs[0]["run_dir"],
+                                     "answer_match": sum(matches) / len(matches) if matches else None}
+
+
+def _diff_cell(entry: dict | None) -> str:
+    """``+0.012 [−0.004, +0.030] ≈`` (≈: the interval contains 0), or — without a paired reference."""
+    if not entry:
+        return "—"
+    d = entry["diff"]
+    return f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" + (" ≈" if d["contains_zero"] else "")
+
+
 def markdown(rows: list[dict]) -> str:
-    """The results table in markdown (TMACs: multiply-accumulates / 1e12 under each run's FLOPs convention)."""
+    """The results table in markdown (TMACs: multiply-accumulates / 1e12 under each run's FLOPs convention; Δ:
+    paired differences of the mean per-sample headline score with their 95% bootstrap interval, ≈ where it
+    contains 0; p: exact McNemar; loyalty: share of answers identical to the full model's)."""
     tasks = sorted({t for r in rows for t in r["scores"]})
-    head = ["model", "method", "paper's label", "positions", "budget", "achieved", *tasks, "average", "TMACs",
-            "FLOPs ratio", "prefill ms"]
+    head = ["model", "method", "paper's label", "positions", "budget", "achieved", *tasks, "average", "Δ vs full",
+            "p vs full", "Δ vs random", "loyalty", "TMACs", "FLOPs ratio", "prefill ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
+        full = r.get("vs_full")
+        p_value = (full or {}).get("mcnemar") or {}
         cells = [r["model"], r["method"], r["label"] or "—", r["positions"] or "—", fmt(r["budget"], ".3g"),
                  fmt(r["budget_achieved"], ".3f"),
                  *[fmt(r["scores"].get(t), ".3f") for t in tasks], fmt(r["average"], ".3f"),
+                 _diff_cell(full), fmt(p_value.get("p_value"), ".3g"), _diff_cell(r.get("vs_random")),
+                 fmt((full or {}).get("answer_match"), ".3f"),
                  fmt(r["tflops"], ".4g"), fmt(r["flops_ratio"], ".3f"), fmt(r["prefill_ms"], ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _same_as_full(row: dict) -> str:
+    """`` ≈`` when the paired interval of the row's difference to the full model contains 0."""
+    full = row.get("vs_full")
+    return " ≈" if full and full["diff"]["contains_zero"] else ""
+
+
 def budget_tables(rows: list[dict]) -> str:
     """Per model, average accuracy with one row per method and one column per requested budget (``none``: the
-    method's own, e.g. the full model or G-Search), each cell ``accuracy (achieved budget)``; runs of one method
-    and budget with other parameters (e.g. FastV with two ``k``) share their cell, separated by `` / ``."""
+    method's own, e.g. the full model or G-Search), each cell ``accuracy (achieved budget)``, `` ≈`` where the 95%
+    paired interval of its difference to the full model contains 0; runs of one method and budget with other
+    parameters (e.g. FastV with two ``k``) share their cell, separated by `` / ``."""
     budgets = sorted({r["budget"] for r in rows if r["budget"] is not None}, reverse=True)
     columns = [None, *budgets] if any(r["budget"] is None for r in rows) else budgets
     head = ["method", *("none" if b is None else f"{b:g}" for b in columns)]
     out = []
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model]
-        lines = [f"**{model}** (average accuracy, achieved budget in brackets)", "",
+        lines = [f"**{model}** (average accuracy, achieved budget in brackets; ≈: not distinguishable from the full "
+                 f"model, 95% paired bootstrap)", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method in sorted({r["method"] for r in mine}, key=lambda m: (m != "full", m)):
-            cells = [" / ".join(f"{r['average']:.3f} ({r['budget_achieved']:.3f})" for r in mine
+            cells = [" / ".join(f"{r['average']:.3f} ({r['budget_achieved']:.3f})" + _same_as_full(r) for r in mine
                                 if r["method"] == method and r["budget"] == b and r["average"] is not None) or "—"
                      for b in columns]
             lines.append("| " + " | ".join([method, *cells]) + " |")
@@ -163,20 +223,33 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         for i, method in enumerate(methods):
-            pts = sorted((r["budget_achieved"], r["average"]) for r in scored
-                         if r["model"] == model and r["method"] == method)
-            if pts:
-                ax.plot(*zip(*pts), marker="os^vDP*X"[i % 8], color=plt.cm.tab10(i % 10), label=method)
+            mine = sorted((r for r in scored if r["model"] == model and r["method"] == method),
+                          key=lambda r: r["budget_achieved"])
+            if mine:
+                x, y = [r["budget_achieved"] for r in mine], [r["average"] for r in mine]
+                yerr = [[r["average"] - r["accuracy_ci"]["low"], r["accuracy_ci"]["high"] - r["average"]]
+                        if _interval_of_average(r) else [0.0, 0.0] for r in mine]
+                ax.errorbar(x, y, yerr=list(zip(*yerr)), marker="os^vDP*X"[i % 8], color=plt.cm.tab10(i % 10),
+                            label=method, capsize=2)
         ax.set(xlabel="achieved budget (mean keep ratio)", ylabel="average accuracy", title=model)
     paths.append(_finish(fig, list(axes[0][:len(models)]), out / "accuracy_vs_budget.png"))
     return paths
 
 
-def build_report(runs_dir: Path, out: Path) -> dict:
-    """Collect, tabulate and plot; returns ``{"rows": ..., "files": [...]}``."""
+def _interval_of_average(row: dict) -> bool:
+    """Whether the row's bootstrap interval is of its reported average (it is of the mean per-sample headline
+    score, which differs for tasks aggregated otherwise, e.g. MME's pair scores): error bars only then."""
+    ci = row.get("accuracy_ci")
+    return bool(ci) and row["average"] is not None and abs(ci["estimate"] - row["average"]) < 1e-9
+
+
+def build_report(runs_dir: Path, out: Path, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+    """Collect, compare (paired, :func:`paired_stats`), tabulate and plot; returns ``{"rows": ..., "files": [...]}``.
+    """
     rows = collect(runs_dir)
     if not rows:
         raise FileNotFoundError(f"no complete results.json under {runs_dir}")
+    paired_stats(rows, resamples, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(markdown(rows) + "\n" + budget_tables(rows))
     (out / "report.json").write_text(json.dumps(rows, indent=1))
@@ -189,13 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build runs/report from the run directories.")
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--out", default=None, help="default: <runs>/report")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--wandb", default="none", choices=("none", "offline", "online"),
                         help="also log the table and plots to a W&B run (group 'report')")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     out = Path(args.out) if args.out else runs / "report"
     try:
-        report = build_report(runs, out)
+        report = build_report(runs, out, args.resamples, args.seed)
     except FileNotFoundError as error:
         print(f"vtr_bench.report: error: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import resource
 import statistics
@@ -16,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vtr_bench.checks import check_config, check_writable_dir
-from vtr_bench.errors import ConfigError
+from vtr_bench.errors import ConfigError, VtrError
 from vtr_bench.methods.base import Method, check_budget
 from vtr_bench.models.loader import local_weights_stamp
 from vtr_bench.reduction.engine import POSITION_POLICIES
@@ -120,7 +121,7 @@ class BenchmarkRecipe:
         """Check the tasks (datasets, judges), seed, load the model, compile the method and build the engine."""
         import torch
 
-        from vtr_bench.eval.evaluate import prepare_tasks
+        from vtr_bench.eval.evaluate import check_tasks, task_manager
         from vtr_bench.models.loader import load_adapter
 
         cfg = self.cfg
@@ -128,8 +129,9 @@ class BenchmarkRecipe:
         if self.method.needs_objective:  # before the model loads and the search runs, not after
             check_writable_dir(cfg.search.cache_dir, "search.cache_dir")
             check_writable_dir(cfg.search.schedules_dir, "search.schedules_dir")
-        self.task_manager = prepare_tasks(list(bench.tasks), bench.local, cfg.run.cache_dir,
-                                          list(bench.get("include_path") or []))
+        self.task_manager = task_manager(list(bench.tasks), bench.local, cfg.run.cache_dir,
+                                         list(bench.get("include_path") or []))
+        self.judged = check_tasks(self.task_manager, list(bench.tasks), bench.get("require_judge", True))
         torch.manual_seed(cfg.seed)
         self.adapter = load_adapter(cfg.model, device=cfg.run.device)
         layers = len(self.adapter.decoder_layers)
@@ -147,14 +149,38 @@ class BenchmarkRecipe:
         from vtr_bench.eval.evaluate import evaluate_tasks
 
         bench, run_cfg = self.cfg.benchmark, self.cfg.run
-        metrics, records = evaluate_tasks(self.adapter, self.engine, list(bench.tasks), local=bench.local,
-                                          cache_dir=run_cfg.cache_dir, limit=bench.limit,
-                                          batch_size=bench.batch_size, seed=self.cfg.seed,
-                                          show_progress=run_cfg.show_progress, manager=self.task_manager,
-                                          multi_image=bench.get("multi_image", "error"))
-        return self._results(metrics, records)
+        evaluation = evaluate_tasks(
+            self.adapter, self.engine, list(bench.tasks), local=bench.local, cache_dir=run_cfg.cache_dir,
+            limit=bench.limit, batch_size=bench.batch_size, seed=self.cfg.seed, show_progress=run_cfg.show_progress,
+            manager=self.task_manager, multi_image=bench.get("multi_image", "error"), output_dir=self.run_dir,
+            label=f"{self.cfg.model.name} {method_name(self.cfg)}")
+        for task, used in evaluation.generation.items():
+            if used["empty_answers"]:
+                print(f"vtr_bench: warning: {task}: {used['empty_answers']} of {used['samples']} answers are empty "
+                      f"(results.json generation.{task} says how they ended)", file=sys.stderr)
+        self.samples = evaluation.samples
+        return self._results(evaluation.metrics, evaluation.records, evaluation.generation)
 
-    def _results(self, metrics: dict, records) -> dict:
+    def loyalty(self) -> dict | None:
+        """Agreement with the full model's answers on the same samples (:func:`~vtr_bench.eval.samples.loyalty`),
+        from a complete ``full`` run of the same pairing under ``run.out_dir`` (None: there is none yet)."""
+        from vtr_bench.eval.samples import loyalty, read_samples
+        from vtr_bench.tracking.results import load_results
+
+        if method_name(self.cfg) == "full":
+            return None
+        pairing = pairing_key(self.cfg)
+        for path in sorted((Path(self.cfg.run.out_dir) / self.cfg.model.name / "full").glob("*/results.json")):
+            try:
+                full = load_results(path.parent) or {}
+                if full.get("status") == "complete" and full.get("pairing") == pairing:
+                    mine = {(r["task"], r["doc_id"]): r for r in self.samples}
+                    return {"full_run": str(path.parent), "tasks": loyalty(mine, read_samples(path.parent))}
+            except (VtrError, OSError, ValueError, KeyError, TypeError):
+                continue  # an unreadable or older full run: not a reference
+        return None
+
+    def _results(self, metrics: dict, records, generation: dict) -> dict:
         from vtr_bench.eval.lmms_model import latency_summary
         from vtr_bench.tracking.results import environment_info
 
@@ -180,7 +206,14 @@ class BenchmarkRecipe:
             "method": method_name(cfg),
             "method_params": self.method.describe(cfg.budget),
             "label": self.method.label(cfg.budget),
-            "benchmark": cfg.benchmark.name,
+            "benchmark": {"config": cfg.benchmark.name, "tasks": sorted(metrics)},
+            "task_files": benchmark_stamp(cfg),
+            "generation": generation,
+            "pairing": pairing_key(cfg),
+            "loyalty": self.loyalty(),
+            "judge": {"tasks": self.judged, "key_set": bool(os.environ.get("OPENAI_API_KEY")),
+                      "model_version": os.environ.get("MODEL_VERSION"),
+                      "endpoint": os.environ.get("OPENAI_API_URL") or os.environ.get("OPENAI_API_BASE")},
             "positions": self.positions,
             "positions_source": "method" if cfg.get("positions") is None else "override",
             "seed": cfg.seed,
@@ -214,25 +247,46 @@ VOLATILE_KEYS = {"run": ("out_dir", "cache_dir", "show_progress", "force"), "sea
 
 def file_stamp(path) -> str | None:
     """SHA-256 of a regular file's bytes (None: missing or not a regular file; the run reports that itself)."""
+    from vtr_bench.eval.task_files import file_digest
+
     path = Path(str(path))
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path) if path.is_file() else None
+
+
+def benchmark_stamp(cfg: DictConfig) -> dict:
+    """The lmms-eval version and a digest per task of the benchmark's task files (YAMLs, hooks, local data)."""
+    from importlib.metadata import version
+
+    from vtr_bench.eval.evaluate import task_manager
+    from vtr_bench.eval.task_files import tasks_stamp
+
+    bench = cfg.benchmark
+    tasks = list(bench.tasks)
+    manager = task_manager(tasks, bench.local, cfg.run.cache_dir, list(bench.get("include_path") or []))
+    return {"lmms_eval": version("lmms_eval"), "tasks": tasks_stamp(manager, tasks)}
+
+
+def pairing_key(cfg: DictConfig) -> str:
+    """Runs with equal keys evaluated the same samples of the same model (config, weights, device), tasks (and their
+    files) and limit, whatever the method: their ``samples.jsonl`` pair by task and doc id."""
+    data = {"model": OmegaConf.to_container(cfg.model, resolve=True), "weights": local_weights_stamp(cfg.model),
+            "device": cfg.run.device, "tasks": list(cfg.benchmark.tasks), "limit": cfg.benchmark.limit,
+            "task_files": benchmark_stamp(cfg)}
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def run_id(cfg: DictConfig) -> str:
     """A deterministic id from the resolved config and the contents of the files the run reads (the local
-    checkpoint's weights, a saved schedule), budget tag + hash: a re-run finds its finished results, and a
-    retrained checkpoint or a rewritten schedule file does not."""
+    checkpoint's weights, a saved schedule, the tasks' YAMLs, hooks and local data), budget tag + hash: a re-run
+    finds its finished results, and a retrained checkpoint, a rewritten schedule file or an edited task does
+    not."""
     data = OmegaConf.to_container(cfg, resolve=True)
     if (weights := local_weights_stamp(cfg.model)) is not None:
         data["weights"] = weights
     if cfg.method.get("path") is not None:
         data["schedule_file"] = file_stamp(cfg.method.path)
+    if cfg.run.mode == "eval":
+        data["task_files"] = benchmark_stamp(cfg)
     for key, subkeys in VOLATILE_KEYS.items():
         if subkeys is None:
             data.pop(key, None)
@@ -340,11 +394,17 @@ def _execute(cfg: DictConfig, recipe: "BenchmarkRecipe | None", run_dir: Path, g
             record_search(recipe.method, recipe.objective, cfg.search.schedules_dir, run_dir, logger)
         results = recipe.evaluate()
         try:
+            from vtr_bench.eval.samples import write_samples
+
+            write_samples(run_dir, recipe.samples)  # before results.json: a complete run always has its samples
             write_json_atomic(run_dir / "results.json", results)
         except OSError as error:
             raise ConfigError(f"cannot write {run_dir / 'results.json'}: {error.strerror or error}") from None
         logger.log_metrics({k: results[k] for k in ("budget_achieved", "tflops", "flops_ratio", "latency",
                                                     "peak_memory_mib", "samples")} | {"metrics": results["metrics"]})
+        columns = ["task", "doc_id", "prompt_sha256", "answer", "target", "scores", "prefill_ms", "ended"]
+        logger.log_table("samples", columns, [[json.dumps(row[c]) if c == "scores" else row[c] for c in columns]
+                                              for row in recipe.samples])
         logger.log_table("keep_schedule", ["layer", "ratio", "mean_kept_tokens"],
                          [[i, r, k] for i, (r, k) in enumerate(zip(results["schedule_ratios"],
                                                                    results["keep_mean_per_layer"]))])

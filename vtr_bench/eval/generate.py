@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -18,7 +19,8 @@ from vtr_bench.reduction.engine import ReductionEngine
 
 @dataclass
 class GenerationOutput:
-    """Generated token ids (eos and stop excluded) and measurements of one batch."""
+    """Generated token ids (eos excluded) and measurements of one batch; ``ended`` says per sample why its
+    generation ended (``eos``, ``stop``: a stop string appeared, ``max_new_tokens``)."""
 
     tokens: list[list[int]]
     prefill_seconds: float
@@ -27,6 +29,7 @@ class GenerationOutput:
     n_vision: list[int] = field(default_factory=list)
     kv_cache_bytes: int = 0
     step_logits: list[torch.Tensor] = field(default_factory=list)  # (batch, vocab) per step, with keep_logits
+    ended: list[str] = field(default_factory=list)
 
 
 def _sync(device: torch.device) -> None:
@@ -36,7 +39,8 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inputs: dict, vision_mask: torch.Tensor,
-                    max_new_tokens: int, eos_token_ids: set[int], keep_logits: bool = False) -> GenerationOutput:
+                    max_new_tokens: int, eos_token_ids: set[int], keep_logits: bool = False,
+                    stop: Callable[[int, list[int]], bool] | None = None) -> GenerationOutput:
     """Greedy-decode a left-padded batch through ``model`` with ``engine`` attached.
 
     Args:
@@ -48,6 +52,8 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         max_new_tokens: maximum number of generated tokens.
         eos_token_ids: ids that end a sample's generation.
         keep_logits: also return each step's last-position logits (tests compare them with re-run prefills).
+        stop: ``stop(sample, its tokens so far)`` is True when that sample's generation is complete (a stop
+            string appeared): it then ends at once, as at an eos.
 
     Returns:
         The generated ids per sample, the timings and the KV-cache size right after the prefill.
@@ -59,6 +65,7 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
     cache = DynamicCache()
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
+    ended = ["max_new_tokens"] * batch
     decode_seconds: list[float] = []
     step_logits: list[torch.Tensor] = []
     request = engine.request(vision_mask, attention_mask) if engine is not None else nullcontext()
@@ -76,8 +83,12 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         eos = torch.tensor(sorted(eos_token_ids), device=device)
         for step in range(max_new_tokens):
             done_now = torch.isin(next_token, eos)
+            for b in (~finished & done_now).nonzero().flatten().tolist():
+                ended[b] = "eos"
             for b in (~finished & ~done_now).nonzero().flatten().tolist():
                 tokens[b].append(int(next_token[b]))
+                if stop is not None and stop(b, tokens[b]):
+                    ended[b], done_now[b] = "stop", True
             finished |= done_now
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
@@ -93,6 +104,6 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
             decode_seconds.append(time.perf_counter() - start)
     if ctx is None:
         return GenerationOutput(tokens, prefill_seconds, decode_seconds, kv_cache_bytes=kv_bytes,
-                                step_logits=step_logits)
+                                step_logits=step_logits, ended=ended)
     return GenerationOutput(tokens, prefill_seconds, decode_seconds, ctx.processed_counts(), ctx.n_vision, kv_bytes,
-                            step_logits)
+                            step_logits, ended)

@@ -13,7 +13,7 @@ from vtr_bench.eval.generate import greedy_generate
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.engine import ReductionEngine
 
-DEFAULT_MAX_NEW_TOKENS = 16
+DEFAULT_MAX_NEW_TOKENS = 1024  # a task without max_new_tokens: lmms-eval's own llava / qwen models use 1024
 MULTI_IMAGE_POLICIES = ("error", "middle")
 
 
@@ -41,6 +41,39 @@ class SampleRecord:
     processed: list[int]
     prefill_seconds: float
     decode_seconds: list[float] = field(default_factory=list)
+    generated_tokens: int = 0
+    ended: str = ""  # eos, stop (a stop string) or max_new_tokens
+    empty: bool = False  # the answer lmms-eval scored is empty (after stop strings and stripping)
+
+
+def generation_settings(gen_kwargs: dict) -> dict:
+    """The settings our greedy decoding takes from a task's ``generation_kwargs``: ``max_new_tokens`` (else
+    :data:`DEFAULT_MAX_NEW_TOKENS`) and the stop strings (one string is one stop, as lmms-eval's models read it)."""
+    until = gen_kwargs.get("until") or []
+    stops = [s for s in ([until] if isinstance(until, str) else until) if s]
+    given = gen_kwargs.get("max_new_tokens")
+    return {"max_new_tokens": int(given or DEFAULT_MAX_NEW_TOKENS),
+            "max_new_tokens_source": "task" if given else "default", "until": stops}
+
+
+def cut_at_stops(text: str, stops: list[str]) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    for stop in stops:
+        text = text.split(stop)[0]
+    return text
+
+
+def generation_summary(records: list[SampleRecord], settings: dict[str, dict]) -> dict[str, dict]:
+    """Per task: the generation settings used and how the answers ended (counts of empty answers, of answers
+    cut by max_new_tokens, mean generated tokens)."""
+    summary = {}
+    for task, used in sorted(settings.items()):
+        own = [r for r in records if r.task == task]
+        summary[task] = {**used, "samples": len(own), "empty_answers": sum(r.empty for r in own),
+                         "ended": {reason: sum(r.ended == reason for r in own)
+                                   for reason in ("eos", "stop", "max_new_tokens")},
+                         "generated_tokens_mean": statistics.fmean(r.generated_tokens for r in own) if own else None}
+    return summary
 
 
 class ReducedLMM(lmms):
@@ -51,6 +84,7 @@ class ReducedLMM(lmms):
         engine: the reduction engine for this run (built from the method's schedule and scorer).
         batch_size: requests per forward (left padding); accuracy runs default to 1.
         show_progress: show a progress bar over requests.
+        label: what the progress bar names (the run, or the search evaluation), with the task.
         multi_image: a sample with several images (e.g. SEED-Bench's video frames) is an ``"error"`` or is
             answered from its ``"middle"`` image (as LLaVA-1.5 evaluated SEED-Bench video questions).
     """
@@ -58,7 +92,7 @@ class ReducedLMM(lmms):
     is_simple = True
 
     def __init__(self, adapter: VLMAdapter, engine: ReductionEngine, batch_size: int = 1,
-                 show_progress: bool = True, multi_image: str = "error") -> None:
+                 show_progress: bool = True, multi_image: str = "error", label: str = "") -> None:
         if multi_image not in MULTI_IMAGE_POLICIES:
             raise ConfigError(f"benchmark.multi_image must be one of {MULTI_IMAGE_POLICIES}, got {multi_image!r}")
         super().__init__()
@@ -67,7 +101,9 @@ class ReducedLMM(lmms):
         self.batch_size_per_gpu = int(batch_size)
         self.show_progress = show_progress
         self.multi_image = multi_image
+        self.label = label
         self.records: list[SampleRecord] = []
+        self.settings: dict[str, dict] = {}  # per task: generation_settings(...) as used
         tokenizer = adapter.processor.tokenizer
         self.tokenizer = tokenizer
         generation_eos = getattr(getattr(adapter.model, "generation_config", None), "eos_token_id", None)
@@ -93,30 +129,49 @@ class ReducedLMM(lmms):
             questions.append(context)
         inputs = self.adapter.prepare(images, questions)
         vision_mask = self.adapter.vision_mask(inputs["input_ids"])
-        max_new = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        out = greedy_generate(self.adapter.model, self.engine, inputs, vision_mask, max_new, self.eos_token_ids)
+        settings = generation_settings(gen_kwargs)
+        self.settings.setdefault(batch[0].args[4], settings)
+        stops = settings["until"]
+        window = 4 * max(map(len, stops), default=0) + 4  # tokens enough to spell any stop (>= 1 byte each)
+
+        def stop(_, tokens: list[int]) -> bool:
+            tail = self.tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+            return any(s in tail for s in stops)
+
+        out = greedy_generate(self.adapter.model, self.engine, inputs, vision_mask, settings["max_new_tokens"],
+                              self.eos_token_ids, stop=stop if stops else None)
         texts = []
         lengths = inputs["attention_mask"].sum(-1).tolist()
         for i, request in enumerate(batch):
             _, _, _, doc_id, task, _ = request.args
-            text = self.tokenizer.decode(out.tokens[i], skip_special_tokens=True)
-            until = gen_kwargs.get("until") or []
-            for stop in [until] if isinstance(until, str) else until:  # one string is one stop, as lmms-eval's
-                if stop and stop in text:
-                    text = text.split(stop)[0]
-            texts.append(text.strip())
+            text = cut_at_stops(self.tokenizer.decode(out.tokens[i], skip_special_tokens=True), stops).strip()
+            texts.append(text)
             self.records.append(SampleRecord(task, int(doc_id), int(lengths[i]), out.n_vision[i],
                                              out.processed_counts[i], out.prefill_seconds / len(batch),
-                                             [s / len(batch) for s in out.decode_seconds]))
+                                             [s / len(batch) for s in out.decode_seconds], len(out.tokens[i]),
+                                             out.ended[i], not text))
         return texts
+
+    def _batches(self, requests):
+        """Consecutive requests in batches of ``batch_size``, never mixing tasks or generation settings."""
+        batch = []
+        for request in requests:
+            if batch and (len(batch) == self.batch_size_per_gpu or request.args[4] != batch[0].args[4]
+                          or request.args[1] != batch[0].args[1]):
+                yield batch
+                batch = []
+            batch.append(request)
+        if batch:
+            yield batch
 
     def generate_until(self, requests) -> list[str]:
         """Answer generation requests in order; any failure raises (never a silent empty answer)."""
         answers: list[str] = []
-        bar = tqdm(total=len(requests), desc="generate", disable=not self.show_progress, leave=False)
+        bar = tqdm(total=len(requests), desc=self.label or "generate", disable=not self.show_progress, leave=False)
         with self.engine.attached():
-            for start in range(0, len(requests), self.batch_size_per_gpu):
-                batch = requests[start:start + self.batch_size_per_gpu]
+            for batch in self._batches(requests):
+                task = batch[0].args[4]
+                bar.set_description(f"{self.label} {task}".strip())
                 try:
                     answers.extend(self._generate_batch(batch))
                 except EvaluationError:

@@ -67,9 +67,7 @@ class CachedObjective:
             ``{"key": ..., "accuracy": ..., ...}`` as stored.
         """
         start = time.perf_counter()
-        key = {"format": CACHE_FORMAT, **self.key(schedule)}
-        path = self.cache_dir / f"{digest(key)}.json"
-        entry = self._read(path, key)
+        path, key, entry = self._lookup(schedule)
         cached = entry is not None
         if not cached:
             entry = {"key": key, **self.evaluate(schedule)}
@@ -83,6 +81,18 @@ class CachedObjective:
     def __call__(self, schedule: KeepSchedule) -> float:
         return float(self.entry(schedule)["accuracy"])
 
+    def _lookup(self, schedule: KeepSchedule) -> tuple[Path, dict, dict | None]:
+        """The cache file, key and stored entry (None: not stored, or not valid) of ``schedule``."""
+        key = {"format": CACHE_FORMAT, **self.key(schedule)}
+        path = self.cache_dir / f"{digest(key)}.json"
+        return path, key, self._read(path, key)
+
+    def scores(self, schedule: KeepSchedule) -> list[float] | None:
+        """Per-sample scores of the evaluation of ``schedule``, in sample order (None: not per-sample); read from
+        the cache without a trace line when stored (a search asks right after the evaluation)."""
+        entry = self._lookup(schedule)[2] or self.entry(schedule)
+        return entry.get("scores")
+
     @staticmethod
     def _read(path: Path, key: dict) -> dict | None:
         """The stored entry, or None (then it is recomputed) when it is missing, unreadable, for another key, or its
@@ -93,8 +103,10 @@ class CachedObjective:
             return None
         if not isinstance(entry, dict) or entry.get("key") != key:
             return None
-        accuracy = entry.get("accuracy")
+        accuracy, scores = entry.get("accuracy"), entry.get("scores")
         valid = isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and math.isfinite(accuracy)
+        valid &= scores is None or (isinstance(scores, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scores))
         return entry if valid else None
 
     def _record(self, line: dict) -> None:
@@ -191,17 +203,22 @@ class ModelObjective(CachedObjective):
         batch_size: requests per forward.
         seed: lmms-eval's seeds.
         trace_path: JSON-lines trace of every call.
+        show_progress: a progress bar per evaluation, labelled with its number and mean keep ratio.
     """
 
     def __init__(self, adapter, scorer, task: str, *, local: str | None, task_cache_dir: str | Path,
                  cache_dir: str | Path, limit: int | None, metric: str, positions: str = "keep",
-                 batch_size: int = 1, seed: int = 0, trace_path: str | Path | None = None) -> None:
+                 batch_size: int = 1, seed: int = 0, trace_path: str | Path | None = None,
+                 show_progress: bool = False) -> None:
+        from vtr_bench.eval.evaluate import task_manager
+        from vtr_bench.eval.task_files import tasks_stamp
         from vtr_bench.search.data import load_search_samples
 
         super().__init__(cache_dir, trace_path)
         self.adapter, self.scorer, self.task, self.local = adapter, scorer, task, local
         self.task_cache_dir, self.limit, self.metric = task_cache_dir, limit, metric
         self.positions, self.batch_size, self.seed = positions, int(batch_size), int(seed)
+        self.show_progress, self.evaluations = show_progress, 0
         split, samples = load_search_samples(task, local, task_cache_dir, limit)
         self.vision_token_counts = sorted({int(adapter.vision_mask(adapter.prepare([image], [question])["input_ids"])
                                                .sum()) for image, question in samples})
@@ -210,7 +227,8 @@ class ModelObjective(CachedObjective):
                            "split": split, "samples": len(samples), "limit": limit, "metric": metric,
                            "seed": self.seed, "positions": positions, "batch_size": self.batch_size,
                            "device": adapter.device.type, "scorer": scorer_key(scorer),
-                           "vision_tokens": self.vision_token_counts}
+                           "vision_tokens": self.vision_token_counts,
+                           "task_files": tasks_stamp(task_manager([task], local, task_cache_dir), [task])}
 
     def key(self, schedule: KeepSchedule) -> dict:
         if schedule.layers != self.layers:
@@ -220,18 +238,26 @@ class ModelObjective(CachedObjective):
         base = {k: v for k, v in self.provenance.items() if k not in ("model", "limit", "scorer", "vision_tokens")}
         return {**base, "scorer": self.provenance["scorer"] if drops else None, "keep": counts}
 
+    def _label(self, schedule: KeepSchedule) -> str:
+        """What the progress bar of one search evaluation says: its number and the schedule's mean keep ratio."""
+        self.evaluations += 1
+        return f"search eval {self.evaluations} (mean keep {sum(schedule.ratios) / schedule.layers:.3f})"
+
     def evaluate(self, schedule: KeepSchedule) -> dict:
         from vtr_bench.eval.evaluate import evaluate_tasks
 
         engine = self.adapter.engine(schedule, self.scorer, positions=self.positions)
-        metrics, records = evaluate_tasks(self.adapter, engine, [self.task], local=self.local,
-                                          cache_dir=self.task_cache_dir, limit=self.limit,
-                                          batch_size=self.batch_size, seed=self.seed, show_progress=False)
-        task_metrics = metrics.get(self.task, {})
+        evaluation = evaluate_tasks(self.adapter, engine, [self.task], local=self.local,
+                                    cache_dir=self.task_cache_dir, limit=self.limit, batch_size=self.batch_size,
+                                    seed=self.seed, show_progress=self.show_progress, label=self._label(schedule))
+        task_metrics = evaluation.metrics.get(self.task, {})
         if self.metric not in task_metrics:
             raise EvaluationError(f"search task {self.task!r} reports no metric {self.metric!r} "
                                   f"(it reports {sorted(task_metrics)}); set search.metric")
-        return {"accuracy": float(task_metrics[self.metric]), "metrics": task_metrics, "samples": len(records)}
+        scores = [row["scores"].get(self.metric) for row in evaluation.samples if row["task"] == self.task]
+        return {"accuracy": float(task_metrics[self.metric]), "metrics": task_metrics,
+                "samples": len(evaluation.records),
+                "scores": scores if scores and all(isinstance(v, float) for v in scores) else None}
 
 
 def objective_from_config(cfg, adapter, scorer, run_dir: str | Path, positions: str = "keep") -> ModelObjective:
@@ -248,4 +274,4 @@ def objective_from_config(cfg, adapter, scorer, run_dir: str | Path, positions: 
     return ModelObjective(adapter, scorer, str(search.task), local=search.local, task_cache_dir=cfg.run.cache_dir,
                           cache_dir=search.cache_dir, limit=search.limit, metric=str(search.metric),
                           positions=positions, batch_size=search.batch_size, seed=cfg.seed,
-                          trace_path=Path(run_dir) / TRACE_FILE)
+                          trace_path=Path(run_dir) / TRACE_FILE, show_progress=bool(cfg.run.show_progress))

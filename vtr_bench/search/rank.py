@@ -78,6 +78,7 @@ def rank_stability(cfg: DictConfig, run_dir: Path) -> dict:
     from vtr_bench.models.loader import load_adapter
     from vtr_bench.search.data import load_search_samples
     from vtr_bench.search.report import plot_heatmap
+    from vtr_bench.eval.stats import DEFAULT_RESAMPLES, bootstrap_mean_interval
     from vtr_bench.tracking.results import write_json_atomic
     from vtr_bench.tracking.wandb_logger import make_logger
 
@@ -89,16 +90,25 @@ def rank_stability(cfg: DictConfig, run_dir: Path) -> dict:
     taus = np.stack([kendall_matrix(layer_scores(adapter, adapter.prepare([image], [question])).numpy())
                      for image, question in samples])
     tau, tau_std = np.nanmean(taus, axis=0), np.nanstd(taus, axis=0)
+    tau_low, tau_high = bootstrap_mean_interval(taus, DEFAULT_RESAMPLES, int(cfg.seed))
     layers, start = tau.shape[0], int(rank.start_layer)
     later = [tau[i, j] for i in range(start, layers) for j in range(i + 1, layers)]
     summary = {"mean_tau_from_start_layer": float(np.mean(later)) if later else None,
                "min_tau_from_start_layer": float(np.min(later)) if later else None,
                "adjacent_tau": [float(tau[i, i + 1]) for i in range(layers - 1)]}
+    if later:  # the interval of the headline: per sample, the mean tau over pairs of layers >= start_layer
+        pairs = [(i, j) for i in range(start, layers) for j in range(i + 1, layers)]
+        per_sample = np.nanmean(np.stack([taus[:, i, j] for i, j in pairs], axis=1), axis=1)
+        low, high = bootstrap_mean_interval(per_sample, DEFAULT_RESAMPLES, int(cfg.seed))
+        summary["mean_tau_from_start_layer_ci"] = [float(low), float(high)]
     run_dir = Path(run_dir)
     results = {"model": cfg.model.name, "task": str(rank.task), "split": split, "samples": len(samples),
                "layers": layers, "start_layer": start,
                "ranking": "head-averaged attention of the last prompt token to each vision token, per layer",
-               "tau": tau.tolist(), "tau_std": tau_std.tolist(), **summary}
+               "tau": tau.tolist(), "tau_std": tau_std.tolist(),
+               "tau_ci_low": tau_low.tolist(), "tau_ci_high": tau_high.tolist(),
+               "tau_ci": {"confidence": 0.95, "resamples": DEFAULT_RESAMPLES, "seed": int(cfg.seed),
+                          "method": "percentile bootstrap over samples"}, **summary}
     write_json_atomic(run_dir / RESULT_FILE, results)
     heatmap = plot_heatmap(tau.tolist(), run_dir / HEATMAP_FILE,
                            f"{cfg.model.name}\nKendall tau of vision-token rankings, {len(samples)} samples",

@@ -90,7 +90,15 @@ def materialize(cache_dir: str | Path) -> Path:
     if not (data / "dataset_dict.json").exists():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="data-", dir=root))
-        build_dataset().save_to_disk(str(tmp))
+        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        was_disabled = are_progress_bars_disabled()
+        disable_progress_bars()  # an unlabelled "Saving the dataset" bar says nothing useful
+        try:
+            build_dataset().save_to_disk(str(tmp))
+        finally:
+            if not was_disabled:
+                enable_progress_bars()
         try:
             os.rename(tmp, data)
         except OSError:  # another process finished first
