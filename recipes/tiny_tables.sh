@@ -31,6 +31,8 @@ sweep "$OUT" method=fastv,random ++method.k=1 budget=1.0,0.5,0.3,0.25,0.125,0.1
 sweep "$OUT" method=psigmoid,sparsevlm,pdrop,downsample budget=0.3,0.125
 sweep "$OUT" method=sparsevlm,pdrop   # their official settings (SparseVLM preset 192, PyramidDrop lambda 0.5)
 sweep "$OUT" method=gsearch
+# G-Search's pass criterion against noise: the paper's (search means) and the paired lower bound, three tolerances
+sweep "$OUT" method=gsearch ++method.criterion=mean,paired ++method.tolerance=0.01,0.02,0.05
 sweep "$OUT" run.mode=rank_stability rank_stability.samples=32
 "$PY" -m vtr_bench.report --runs "$OUT" --out "$OUT/report"
 

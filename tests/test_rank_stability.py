@@ -43,4 +43,10 @@ def test_mode_writes_matrix_and_heatmap(tmp_path):
     tau = np.array(saved["tau"])
     assert tau.shape == (12, 12) and np.allclose(tau, tau.T) and np.allclose(np.diag(tau), 1)
     assert len(saved["adjacent_tau"]) == 11 and -1 <= saved["mean_tau_from_start_layer"] <= 1
+    # the bootstrap interval of the mean tau over the samples holds the mean (the diagonal is 1 throughout)
+    low, high = np.array(saved["tau_ci_low"]), np.array(saved["tau_ci_high"])
+    assert np.all(low <= tau + 1e-12) and np.all(tau <= high + 1e-12) and np.allclose(np.diag(low), 1)
+    assert saved["tau_ci"]["resamples"] == 2000 and saved["tau_ci"]["confidence"] == 0.95
+    first, second = saved["mean_tau_from_start_layer_ci"]
+    assert first <= saved["mean_tau_from_start_layer"] <= second
     assert (tmp_path / HEATMAP_FILE).stat().st_size > 0

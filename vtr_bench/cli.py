@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vtr_bench.errors import InfeasibleBudgetError, VtrError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).parent / "conf"  # a link to the repo's top-level conf/; a real folder in a built wheel
 _SWEEP_FAILURES: list[str] = []
 
 
@@ -45,6 +46,31 @@ def quiet_environment(cfg: DictConfig) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+FAILURES_DIR = ".vtr_bench_failed"  # in Hydra's sweep dir: one file per failed job, whichever process ran it
+
+
+def _record_failure(hydra_cfg, line: str) -> None:
+    """Note a failed sweep job where the sweep's process finds it (jobs of hydra/launcher=submitit_* run in other
+    processes): a file in Hydra's sweep dir, else (unwritable) this process's list."""
+    try:
+        folder = Path(hydra_cfg.sweep.dir) / FAILURES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{hydra_cfg.job.num}.txt").write_text(line + "\n", encoding="utf-8")
+    except OSError:
+        _SWEEP_FAILURES.append(line)
+
+
+class SweepFailures(Callback):
+    """Hydra callback (conf/config.yaml ``hydra.callbacks``): at the end of a multirun, in the launching process,
+    collect the failed jobs' lines, so that the sweep exits non-zero whatever launcher ran the jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        folder = Path(config.hydra.sweep.dir) / FAILURES_DIR
+        lines = sorted(folder.glob("*.txt"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0) \
+            if folder.is_dir() else []
+        _SWEEP_FAILURES.extend(path.read_text(encoding="utf-8").strip() for path in lines)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -65,15 +91,15 @@ def _app(cfg: DictConfig) -> float | None:
         if not sweeping:
             sys.exit(2)
         if not isinstance(error, InfeasibleBudgetError):
-            _SWEEP_FAILURES.append(f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {error}")
+            _record_failure(hydra_cfg, f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {error}")
         return None
     except Exception as error:  # noqa: BLE001 - an unexpected failure of one sweep job: the sweep goes on
         if not sweeping:
             raise
         first = (str(error).strip().splitlines() or [""])[0]
         print(f"vtr_bench: error: job {hydra_cfg.job.num} failed: {type(error).__name__}: {first}", file=sys.stderr)
-        _SWEEP_FAILURES.append(f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "
-                               f"{type(error).__name__}: {first}")
+        _record_failure(hydra_cfg, f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): "
+                                   f"{type(error).__name__}: {first}")
         return None
     return results.get("flops_ratio")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vtr_bench.checks import check_config, check_writable_dir
+from vtr_bench.eval.distributed import process_rank
 from vtr_bench.errors import ConfigError, VtrError
 from vtr_bench.methods.base import Method, check_budget
 from vtr_bench.models.loader import local_weights_stamp
@@ -144,8 +145,9 @@ class BenchmarkRecipe:
         self.schedule, scorer = self.method.build(layers, cfg.budget, cfg.seed, objective=self.objective)
         self.engine = self.adapter.engine(self.schedule, scorer, positions=self.positions)
 
-    def evaluate(self) -> dict:
-        """Run the benchmark's tasks through lmms-eval and return the results dict."""
+    def evaluate(self) -> dict | None:
+        """Run the benchmark's tasks through lmms-eval and return the results dict (None on a data-parallel rank
+        other than 0)."""
         from vtr_bench.eval.evaluate import evaluate_tasks
 
         bench, run_cfg = self.cfg.benchmark, self.cfg.run
@@ -154,11 +156,13 @@ class BenchmarkRecipe:
             limit=bench.limit, batch_size=bench.batch_size, seed=self.cfg.seed, show_progress=run_cfg.show_progress,
             manager=self.task_manager, multi_image=bench.get("multi_image", "error"), output_dir=self.run_dir,
             label=f"{self.cfg.model.name} {method_name(self.cfg)}")
+        if evaluation is None:
+            return None
         for task, used in evaluation.generation.items():
             if used["empty_answers"]:
                 print(f"vtr_bench: warning: {task}: {used['empty_answers']} of {used['samples']} answers are empty "
                       f"(results.json generation.{task} says how they ended)", file=sys.stderr)
-        self.samples = evaluation.samples
+        self.samples, self.samples_per_rank = evaluation.samples, evaluation.samples_per_rank
         return self._results(evaluation.metrics, evaluation.records, evaluation.generation)
 
     def loyalty(self) -> dict | None:
@@ -234,6 +238,7 @@ class BenchmarkRecipe:
                         "decode_per_token": latency_summary(decode)},
             "peak_memory_mib": _peak_memory_mib(cfg.run.device),
             "samples": len(records),
+            "data_parallel": {"processes": len(self.samples_per_rank), "samples_per_rank": self.samples_per_rank},
             "environment": environment_info(),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
@@ -354,6 +359,16 @@ def run(cfg: DictConfig, group: str | None = None) -> dict:
         return report
     run_dir = run_directory(cfg)
     recipe = BenchmarkRecipe(cfg, run_dir) if cfg.run.mode == "eval" else None  # validates before any file
+    rank, world = process_rank()
+    if world > 1 and (recipe is None or recipe.method.needs_objective):
+        raise ConfigError("under a data-parallel launch (WORLD_SIZE > 1) only evaluations run: searches and "
+                          "rank_stability run in one process")
+    if rank != 0:  # data-parallel: rank 0 alone writes; the others evaluate their shard and return
+        from vtr_bench.tracking.results import is_complete, load_results
+
+        if is_complete(run_dir) and not cfg.run.force:
+            return load_results(run_dir)
+        return _execute(cfg, recipe, run_dir, group) or {}
     finished = _prepare_run_dir(cfg, run_dir)
     if finished is not None:
         return finished
@@ -383,6 +398,9 @@ def _execute(cfg: DictConfig, recipe: "BenchmarkRecipe | None", run_dir: Path, g
 
     recipe.setup()
     name = method_name(cfg)
+    if process_rank()[0] != 0:
+        recipe.evaluate()  # this rank's shard; rank 0 gathers, writes and logs
+        return None
     logger = make_logger(cfg.logger.mode, project=cfg.logger.project, save_dir=run_dir, group=group,
                          tags=[cfg.model.name, name, f"budget={cfg.budget}"],
                          name=f"{cfg.model.name}-{name}-{cfg.budget}")

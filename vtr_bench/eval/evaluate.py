@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vtr_bench.errors import ConfigError, EvaluationError
+from vtr_bench.eval.distributed import gather_on_rank0, process_rank
 from vtr_bench.eval.lmms_model import ReducedLMM, SampleRecord, generation_summary
 from vtr_bench.eval.samples import sample_rows
 from vtr_bench.eval.task_files import check_hooks, data_files, judge_metrics, judge_url_problem, task_configs
@@ -160,12 +161,14 @@ class Evaluation:
         records: one :class:`SampleRecord` per generated sample (our measurements).
         generation: per task, the generation settings used and how answers ended (:func:`generation_summary`).
         samples: per-sample rows for ``samples.jsonl`` (:func:`~vtr_bench.eval.samples.sample_rows`).
+        samples_per_rank: generated samples per data-parallel rank (padding included; one entry in one process).
     """
 
     metrics: dict
     records: list[SampleRecord]
     generation: dict
     samples: list[dict] = field(default_factory=list)
+    samples_per_rank: list[int] = field(default_factory=list)
 
 
 @contextmanager
@@ -193,7 +196,7 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
                    cache_dir: str | Path, limit: int | None = None, batch_size: int = 1, seed: int = 0,
                    show_progress: bool = True, include_path: Sequence[str] = (), manager=None,
                    multi_image: str = "error", output_dir: str | Path | None = None,
-                   label: str = "") -> Evaluation:
+                   label: str = "") -> Evaluation | None:
     """Run ``tasks`` through lmms-eval with the reduced model.
 
     Args:
@@ -204,7 +207,8 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
         label: what the progress bar says is running (with the task's name).
 
     Returns:
-        The metric table, our measurements, the generation settings and the per-sample rows (:class:`Evaluation`).
+        The metric table, our measurements, the generation settings and the per-sample rows (:class:`Evaluation`);
+        None on a data-parallel rank other than 0 (under ``accelerate launch``: lmms-eval shards the samples).
 
     Raises:
         ConfigError: unknown task, or a judged task without a judge (:func:`check_tasks`).
@@ -226,7 +230,10 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
                                  limit=limit, bootstrap_iters=0, log_samples=True, batch_size=batch_size,
                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                  verbosity="ERROR", cli_args=cli_args)
+    if process_rank()[1] > 1 and not gather_on_rank0(lm):
+        return None  # another rank: rank 0 has the results
     if output is None or not lm.records:
         raise EvaluationError("lmms-eval returned no results (no samples were generated)")
     return Evaluation(metric_table(output), lm.records, generation_summary(lm.records, lm.settings),
-                      sample_rows(output.get("samples") or {}, lm.records))
+                      sample_rows(output.get("samples") or {}, lm.records),
+                      getattr(lm, "samples_per_rank", [len(lm.records)]))

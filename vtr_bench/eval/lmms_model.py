@@ -1,6 +1,7 @@
 """The lmms-eval bridge: an ``lmms`` model class wrapping a model adapter and the reduction engine."""
 from __future__ import annotations
 
+import os
 import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -109,6 +110,15 @@ class ReducedLMM(lmms):
         generation_eos = getattr(getattr(adapter.model, "generation_config", None), "eos_token_id", None)
         generation_eos = generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos]
         self.eos_token_ids = {tokenizer.eos_token_id, *(e for e in generation_eos if e is not None)}
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # data-parallel (torchrun): lmms-eval shards over this group
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator(cpu=adapter.device.type == "cpu")  # gloo on CPU, else the GPU backend
+
+    @property
+    def device(self):
+        """The model's device (lmms-eval's data-parallel path puts its rank-count tensors there)."""
+        return self.adapter.device
 
     def _generate_batch(self, batch) -> list[str]:
         images, questions, gen_kwargs = [], [], batch[0].args[1]

@@ -143,13 +143,19 @@ def _hook_files(chain: Iterable[Path]) -> list[Path]:
 def tasks_stamp(manager, tasks: Sequence[str]) -> dict[str, str]:
     """``{task: digest}`` over each task's YAML chain, the Python files beside it and its local data files: a run
     id that contains it changes when any of them is edited (hub datasets are named, with their revision, by the
-    YAML itself)."""
+    YAML itself). Where a YAML names its local data, the path is left out (the data's bytes are hashed), so the
+    same task and data in another folder (e.g. another ``run.cache_dir``) give the same digest."""
     stamps = {}
     for name in tasks:
         for task, (path, config) in task_configs(manager, name).items():
-            chain = _yaml_chain(path)
+            chain, patterns = _yaml_chain(path), _data_patterns(config)
             digest = hashlib.sha256()
-            for role, files in (("yaml", chain), ("hooks", _hook_files(chain)), ("data", data_files(task, config))):
+            for file in chain:
+                text = file.read_text(errors="replace")
+                for pattern in patterns:
+                    text = text.replace(pattern, "<local data>")
+                digest.update(f"yaml:{file.name}:{hashlib.sha256(text.encode()).hexdigest()}\n".encode())
+            for role, files in (("hooks", _hook_files(chain)), ("data", data_files(task, config))):
                 for file in files:
                     digest.update(f"{role}:{file.name}:{file_digest(file)}\n".encode())
             stamps[task] = digest.hexdigest()[:16]
