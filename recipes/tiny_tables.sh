@@ -35,6 +35,7 @@ sweep "$OUT" method=gsearch
 sweep "$OUT" method=gsearch ++method.criterion=mean,paired ++method.tolerance=0.01,0.02,0.05
 sweep "$OUT" run.mode=rank_stability rank_stability.samples=32
 "$PY" -m vtr_bench.report --runs "$OUT" --out "$OUT/report"
+"$PY" recipes/gsearch_criteria.py "$OUT"   # does each G-Search keep its tolerance on the test split?
 
 sweep "${OUT}_shallow" method=sparsevlm ++method.layers=[0,2,5] budget=0.3,0.125
 sweep "${OUT}_shallow" method=pdrop ++method.layers=[1,4,8] budget=0.3,0.125

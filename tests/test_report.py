@@ -30,11 +30,12 @@ def test_report_table_and_plots(tmp_path):
     table = (tmp_path / "report" / "report.md").read_text().splitlines()
     assert table[0].split(" | ")[2:5] == ["paper's label", "positions", "budget"]
     assert table[0].split(" | ")[6] == "shapes"
-    assert "| tiny | fastv | — | — | 0.5 | 0.500 | 0.800 | 0.800 | 1.1 | 0.550 | 5.0 |" in table
-    assert "| other | sparsevlm | SparseVLM 192 tokens | renumber | — | 1.000 | 0.500 | 0.500 | 0.7 | 0.350 | 10.0 |" \
-        in table
+    # no samples.jsonl in these runs: no paired columns (Δ vs full / random, p, loyalty), never a made-up number
+    assert "| tiny | fastv | — | — | 0.5 | 0.500 | 0.800 | 0.800 | — | — | — | — | 1.1 | 0.550 | 5.0 |" in table
+    assert ("| other | sparsevlm | SparseVLM 192 tokens | renumber | — | 1.000 | 0.500 | 0.500 | — | — | — | — | 0.7 | "
+            "0.350 | 10.0 |") in table
     assert "| method | none | 0.5 |" in table
-    tiny = table[table.index("**tiny** (average accuracy, achieved budget in brackets)"):]
+    tiny = table[next(i for i, line in enumerate(table) if line.startswith("**tiny** (average accuracy")):]
     assert tiny[tiny.index("| method | none | 0.5 |") + 2:][:3] == [
         "| full | 0.900 (1.000) | — |", "| fastv | — | 0.800 (0.500) |", "| random | — | 0.700 (0.500) |"]
     for name in ("pareto.png", "schedules.png", "accuracy_vs_budget.png"):
@@ -47,6 +48,19 @@ def test_budget_table_shows_every_run_of_a_cell(tmp_path):
     _write_run(tmp_path, "tiny", "fastv", 0.5, 0.6, 1.1, run_id="k1")  # same method and budget, other parameters
     build_report(tmp_path, tmp_path / "report")
     assert "| fastv | 0.800 (0.500) / 0.600 (0.500) |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_budget_table_gives_each_setting_of_a_method_its_row(tmp_path):
+    for criterion, tolerance, acc in (("mean", 0.01, 0.8), ("paired", 0.01, 0.85), ("mean", 0.05, 0.7)):
+        _write_run(tmp_path, "tiny", "gsearch", None, acc, 1.0, run_id=f"{criterion}{tolerance}",
+                   method_params={"name": "gsearch", "criterion": criterion, "tolerance": tolerance, "start_layer": 2,
+                                  "search": {"evaluations": 20}})
+    build_report(tmp_path, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    for line in ("| gsearch (criterion=mean, tolerance=0.01) | 0.800 (1.000) |",
+                 "| gsearch (criterion=mean, tolerance=0.05) | 0.700 (1.000) |",
+                 "| gsearch (criterion=paired, tolerance=0.01) | 0.850 (1.000) |"):
+        assert line in text
 
 
 def test_pareto_front_keeps_only_undominated_points():

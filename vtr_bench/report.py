@@ -39,6 +39,7 @@ def _row(path: Path, results: dict) -> dict:
         "prefill_ms": results["latency"]["prefill"]["median_ms"], "ratios": results["schedule_ratios"],
         "label": results.get("label"), "positions": results.get("positions"),
         "flops": (results.get("flops_convention") or {}).get("name"), "pairing": results.get("pairing"),
+        "params": {k: v for k, v in (results.get("method_params") or {}).items() if k not in ("search", "name")},
     }
 
 
@@ -143,11 +144,23 @@ def _same_as_full(row: dict) -> str:
     return " ≈" if full and full["diff"]["contains_zero"] else ""
 
 
+def _variants(rows: list[dict]) -> list[str]:
+    """The method parameters that tell apart runs of one method in one budget cell (e.g. G-Search's criterion and
+    tolerance, FastV's k): each combination gets its own table row."""
+    keys = set()
+    for budget in {r["budget"] for r in rows}:
+        cell = [r["params"] for r in rows if r["budget"] == budget]
+        for key in {k for params in cell for k in params}:
+            if len({json.dumps(params.get(key), sort_keys=True) for params in cell}) > 1:
+                keys.add(key)
+    return sorted(keys)
+
+
 def budget_tables(rows: list[dict]) -> str:
-    """Per model, average accuracy with one row per method and one column per requested budget (``none``: the
+    """Per model, average accuracy with one row per method (one per setting where runs of a method in one budget
+    column differ in their parameters: :func:`_variants`) and one column per requested budget (``none``: the
     method's own, e.g. the full model or G-Search), each cell ``accuracy (achieved budget)``, `` ≈`` where the 95%
-    paired interval of its difference to the full model contains 0; runs of one method and budget with other
-    parameters (e.g. FastV with two ``k``) share their cell, separated by `` / ``."""
+    paired interval of its difference to the full model contains 0."""
     budgets = sorted({r["budget"] for r in rows if r["budget"] is not None}, reverse=True)
     columns = [None, *budgets] if any(r["budget"] is None for r in rows) else budgets
     head = ["method", *("none" if b is None else f"{b:g}" for b in columns)]
@@ -158,10 +171,17 @@ def budget_tables(rows: list[dict]) -> str:
                  f"model, 95% paired bootstrap)", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method in sorted({r["method"] for r in mine}, key=lambda m: (m != "full", m)):
-            cells = [" / ".join(f"{r['average']:.3f} ({r['budget_achieved']:.3f})" + _same_as_full(r) for r in mine
-                                if r["method"] == method and r["budget"] == b and r["average"] is not None) or "—"
-                     for b in columns]
-            lines.append("| " + " | ".join([method, *cells]) + " |")
+            runs = [r for r in mine if r["method"] == method and r["average"] is not None]
+            keys = _variants(runs)
+            settings = sorted({tuple(json.dumps(r["params"].get(k), sort_keys=True) for k in keys) for r in runs})
+            for setting in settings or [()]:
+                chosen = [r for r in runs if tuple(json.dumps(r["params"].get(k), sort_keys=True)
+                                                   for k in keys) == setting]
+                cells = [" / ".join(f"{r['average']:.3f} ({r['budget_achieved']:.3f})" + _same_as_full(r)
+                                    for r in chosen if r["budget"] == b) or "—" for b in columns]
+                name = method + (f" ({', '.join(f'{k}={json.loads(v)}' for k, v in zip(keys, setting))})"
+                                 if keys else "")
+                lines.append("| " + " | ".join([name, *cells]) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
