@@ -41,10 +41,14 @@ def test_paper12_is_the_union_of_the_single_task_configs():
 
 @pytest.fixture
 def empty_datasets_cache(monkeypatch, tmp_path):
+    from lmms_eval.api.task import _resolve_hf_datasets_cache_dir
+
     monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    return tmp_path
+    _resolve_hf_datasets_cache_dir.cache_clear()  # lmms-eval resolves it once per process
+    yield tmp_path
+    _resolve_hf_datasets_cache_dir.cache_clear()
 
 
 def test_a_dataset_missing_offline_fails_fast_and_a_cached_one_passes(lmms_tasks, empty_datasets_cache):

@@ -87,3 +87,16 @@ def test_the_report_carries_paired_intervals_and_marks_the_indistinguishable(run
         d = row["vs_full"]["diff"]
         marked = f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ≈" in text
         assert marked == d["contains_zero"] == (d["low"] <= 0 <= d["high"])
+
+
+def test_a_samples_file_that_is_not_its_runs_is_refused(runs, tmp_path):
+    import shutil
+
+    _, dirs = runs
+    copy = tmp_path / "copy"
+    shutil.copytree(dirs["fastv"], copy, ignore=shutil.ignore_patterns("wandb"))
+    lines = (copy / "samples.jsonl").read_text().splitlines()
+    (copy / "samples.jsonl").write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # the same rows, another file
+    result = subprocess.run([sys.executable, "-m", "vtr_bench.compare", str(dirs["full"]), str(copy)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "is not the samples file its results.json was computed from" in result.stderr

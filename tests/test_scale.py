@@ -51,22 +51,21 @@ def test_our_cli_over_two_processes_equals_one(one_process, tmp_path):
 
 
 def test_lmms_eval_over_two_processes_equals_one(one_process, tmp_path):
+    """lmms-eval's CLI with the plugin, sharded over 2 processes, gives the 1-process run's metrics (ours, which a
+    parity test equates with lmms-eval's own 1-process run) on the same 24 samples."""
     include = subprocess.run([sys.executable, "-m", "vtr_bench.tasks", "shapes", str(tmp_path / "cache")],
                              capture_output=True, text=True, check=True, env=_env(tmp_path)).stdout.strip()
-    args = ["-m", "lmms_eval", "--model", "vtr_bench", "--model_args",
-            f"model=tiny_llava,method=fastv,budget=0.3,run.show_progress=false,run.out_dir={tmp_path / 'p'}",
-            "--tasks", "shapes", "--include_path", include, "--limit", "24", "--verbosity", "INFO"]
-    logs = {}
-    for name, launch in (("one", [sys.executable]), ("two", LAUNCH)):
-        done = subprocess.run([*launch, *args, "--output_path", str(tmp_path / name)], capture_output=True,
-                              text=True, env=_env(tmp_path), cwd=tmp_path, timeout=600)
-        logs[name] = done.stdout + done.stderr
-    assert "Running on rank 1" in logs["two"] and "Running on rank 1" not in logs["one"]
-    one, two = [json.loads(next((tmp_path / n).rglob("*_results.json")).read_text()) for n in ("one", "two")]
-    assert two["results"]["shapes"] == one["results"]["shapes"]
-    assert two["n-samples"] == one["n-samples"] and one["n-samples"]["shapes"]["effective"] == 24
+    done = subprocess.run([*LAUNCH, "-m", "lmms_eval", "--model", "vtr_bench", "--model_args",
+                           f"model=tiny_llava,method=fastv,budget=0.3,run.show_progress=false,run.out_dir={tmp_path}",
+                           "--tasks", "shapes", "--include_path", include, "--limit", "24", "--verbosity", "INFO",
+                           "--output_path", str(tmp_path / "two")], capture_output=True, text=True,
+                          env=_env(tmp_path), cwd=tmp_path, timeout=600)
+    assert "Running on rank 1" in done.stdout + done.stderr  # two ranks ran
+    two = json.loads(next((tmp_path / "two").rglob("*_results.json")).read_text())
+    assert two["n-samples"]["shapes"]["effective"] == 24
     ours = one_process[1]["metrics"]["shapes"]
-    assert two["results"]["shapes"]["exact_match,none"] == ours["exact_match"]
+    assert {k.split(",")[0]: v for k, v in two["results"]["shapes"].items()
+            if k.endswith(",none") and "_stderr" not in k} == ours
 
 
 def test_searches_refuse_a_data_parallel_launch(tmp_path):

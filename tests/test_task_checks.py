@@ -36,19 +36,6 @@ def test_the_run_id_follows_the_task_yaml_its_hooks_and_its_data(tmp_path):
         assert run_id(cfg) == first
 
 
-def test_an_edited_task_is_run_again_not_skipped(tmp_path):
-    tasks = write_local_task(tmp_path, images_per_doc=1)
-    args = ("benchmark.local=null", "benchmark.tasks=[my_images]", f"benchmark.include_path=[{tasks}]", "logger=none",
-            "run.show_progress=false")
-    assert run_cli(*args, out_dir=tmp_path / "runs", cwd=tmp_path).returncode == 0
-    yaml = tasks / "my_images.yaml"
-    yaml.write_text(yaml.read_text().replace("doc_to_text: question", "doc_to_text: \"{{question}} Answer:\""))
-    again = run_cli(*args, out_dir=tmp_path / "runs", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "already complete" not in again.stderr
-    assert len(list((tmp_path / "runs").rglob("results.json"))) == 2
-
-
 def test_a_missing_data_file_is_one_line_before_any_run_dir(tmp_path):
     tasks = write_local_task(tmp_path, images_per_doc=1)
     (tmp_path / "data.jsonl").unlink()
@@ -72,8 +59,13 @@ def test_a_hook_typo_is_one_line_before_the_model_loads(tmp_path):
     assert not list((tmp_path / "runs").rglob("results.json")) and "ConfigError" in error.read_text()
 
 
-def test_a_renamed_copy_of_a_judged_task_still_needs_its_judge(tmp_path):
+def test_a_renamed_copy_of_a_judged_task_still_needs_its_judge(tmp_path, monkeypatch):
     """Judges are read from the metric config: a copy of MMBench under another name is still judged."""
+    import pytest
+
+    from vtr_bench.errors import ConfigError, EvaluationError
+    from vtr_bench.eval.evaluate import check_tasks, task_manager
+
     folder = tmp_path / "copies"
     folder.mkdir()
     for name in ("_default_template_mmbench_en_yaml", "en_utils.py", "mmbench_evals.py", "mmbench.yaml"):
@@ -82,14 +74,19 @@ def test_a_renamed_copy_of_a_judged_task_still_needs_its_judge(tmp_path):
     own = own.replace('task: "mmbench_en_dev"', 'task: "my_mmbench"').replace("tag:\n  - public_eval_qwen3_5_family\n",
                                                                               "")
     (folder / "my_mmbench.yaml").write_text(own)
-    args = ("benchmark.local=null", "benchmark.tasks=[my_mmbench]", f"benchmark.include_path=[{folder}]",
-            "logger=none")
-    result = run_cli(*args, out_dir=tmp_path / "runs", cwd=tmp_path)
-    assert_one_clear_error(result, "vtr_bench: error: task my_mmbench is scored by an LLM judge (metrics "
-                                   "['gpt_eval_score']): set OPENAI_API_KEY")
-    unjudged = run_cli(*args, "benchmark.require_judge=false", out_dir=tmp_path / "runs", cwd=tmp_path)
-    assert "LLM judge" not in unjudged.stderr  # the user said so: the next check (its hub dataset) speaks instead
-    assert_one_clear_error(unjudged, "vtr_bench: error: dataset lmms-lab-encoder/MMBench (en) of task my_mmbench")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(tmp_path / "empty_cache"))
+    from lmms_eval.api.task import _resolve_hf_datasets_cache_dir
+
+    _resolve_hf_datasets_cache_dir.cache_clear()  # lmms-eval resolves it once per process
+    manager = task_manager(["my_mmbench"], None, tmp_path / "cache", [str(folder)])
+    with pytest.raises(ConfigError, match=r"task my_mmbench is scored by an LLM judge "
+                                          r"\(metrics \['gpt_eval_score'\]\): set OPENAI_API_KEY"):
+        check_tasks(manager, ["my_mmbench"])
+    with pytest.raises(EvaluationError, match="dataset lmms-lab-encoder/MMBench \\(en\\) of task my_mmbench"):
+        check_tasks(manager, ["my_mmbench"], require_judge=False)  # the user said so: the next check speaks
+    _resolve_hf_datasets_cache_dir.cache_clear()
 
 
 def test_generation_settings_stops_and_empty_answers_are_recorded(tmp_path):

@@ -25,7 +25,7 @@ from vtr_bench.eval.generate import greedy_generate
 from vtr_bench.reduction.flops import DecoderDims, prefill_macs
 from vtr_bench.reduction.schedule import KeepSchedule
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # the package's configs (a link to the repo's conf/)
 DEFAULT_METHODS = ("random", "fastv", "pdrop", "sparsevlm", "psigmoid")
 # P-Sigmoid is benchmarked as one fixed curve (no search): timing depends on the schedule, not on how it was found.
 FIXED_OVERRIDES = {"psigmoid": {"k": 1.0, "alpha": 2.0}}

@@ -117,6 +117,8 @@ class BenchmarkRecipe:
         self.method = instantiate_method(cfg.method)
         self.method.check(cfg.budget)
         self.positions = position_policy(cfg)
+        self.samples: list[dict] = []  # per-sample rows of the evaluation (samples.jsonl)
+        self.samples_per_rank: list[int] = []
 
     def setup(self) -> None:
         """Check the tasks (datasets, judges), seed, load the model, compile the method and build the engine."""
@@ -262,13 +264,18 @@ def benchmark_stamp(cfg: DictConfig) -> dict:
     """The lmms-eval version and a digest per task of the benchmark's task files (YAMLs, hooks, local data)."""
     from importlib.metadata import version
 
-    from vtr_bench.eval.evaluate import task_manager
-    from vtr_bench.eval.task_files import tasks_stamp
+    from vtr_bench.eval.task_files import folder_task_configs, local_task_folder, tasks_stamp
 
     bench = cfg.benchmark
-    tasks = list(bench.tasks)
-    manager = task_manager(tasks, bench.local, cfg.run.cache_dir, list(bench.get("include_path") or []))
-    return {"lmms_eval": version("lmms_eval"), "tasks": tasks_stamp(manager, tasks)}
+    tasks, include = list(bench.tasks), list(bench.get("include_path") or [])
+    folders = [*include, *([local_task_folder(bench.local, cfg.run.cache_dir)] if bench.local else [])]
+    resolved = {name: folder_task_configs(folders, name) for name in tasks}
+    if any(found is None for found in resolved.values()):  # lmms-eval's own tasks, groups: ask its TaskManager
+        from vtr_bench.eval.evaluate import task_manager
+
+        manager = task_manager(tasks, bench.local, cfg.run.cache_dir, include)
+        return {"lmms_eval": version("lmms_eval"), "tasks": tasks_stamp(manager, tasks)}
+    return {"lmms_eval": version("lmms_eval"), "tasks": tasks_stamp(None, tasks, resolved.get)}
 
 
 def pairing_key(cfg: DictConfig) -> str:
@@ -414,7 +421,9 @@ def _execute(cfg: DictConfig, recipe: "BenchmarkRecipe | None", run_dir: Path, g
         try:
             from vtr_bench.eval.samples import write_samples
 
-            write_samples(run_dir, recipe.samples)  # before results.json: a complete run always has its samples
+            json.dumps(results)  # a result that cannot be written fails before any file is replaced
+            # samples before results.json (which records their digest): a complete run always has its own samples
+            results["samples_file"] = write_samples(run_dir, recipe.samples)
             write_json_atomic(run_dir / "results.json", results)
         except OSError as error:
             raise ConfigError(f"cannot write {run_dir / 'results.json'}: {error.strerror or error}") from None

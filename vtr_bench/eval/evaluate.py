@@ -1,7 +1,6 @@
 """Evaluate an (adapter, engine) pair on lmms-eval tasks: the one function runs and searches both call."""
 from __future__ import annotations
 
-import importlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +11,8 @@ from vtr_bench.errors import ConfigError, EvaluationError
 from vtr_bench.eval.distributed import gather_on_rank0, process_rank
 from vtr_bench.eval.lmms_model import ReducedLMM, SampleRecord, generation_summary
 from vtr_bench.eval.samples import sample_rows
-from vtr_bench.eval.task_files import check_hooks, data_files, judge_metrics, judge_url_problem, task_configs
+from vtr_bench.eval.task_files import (check_hooks, data_files, judge_metrics, judge_url_problem,
+                                      local_task_folder, task_configs)
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.engine import ReductionEngine
 
@@ -43,16 +43,7 @@ def task_manager(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
         if not Path(folder).is_dir():
             raise ConfigError(f"benchmark.include_path: {folder} is not a folder")
     if local:
-        try:
-            package = importlib.import_module(f"vtr_bench.tasks.{local}")
-        except ModuleNotFoundError:
-            raise ConfigError(f"unknown local task package {local!r} (no vtr_bench.tasks.{local})") from None
-        try:
-            include.append(str(package.materialize(Path(cache_dir) / "tasks")))
-        except OSError as error:  # an unwritable or full run.cache_dir (by default under run.out_dir)
-            raise ConfigError(f"cannot write the bundled task data under run.cache_dir={cache_dir}: "
-                              f"{error.strerror or error}") from None
-    # model_name: tasks' lmms_eval_specific_kwargs entries for "vtr_bench" apply, as under lmms-eval's own CLI
+        include.append(str(local_task_folder(local, cache_dir)))
     key = (tuple(include), bool(local))
     if key not in _managers:  # indexing lmms-eval's ~2,000 task YAMLs takes seconds: once per process
         _managers[key] = TaskManager(include_path=include or None, include_defaults=not local, verbosity="ERROR",

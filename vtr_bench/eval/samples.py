@@ -65,13 +65,14 @@ def sample_rows(logged: dict, records: list) -> list[dict]:
     return rows
 
 
-def write_samples(run_dir: str | Path, rows: list[dict]) -> Path:
-    """Write ``samples.jsonl`` atomically; returns its path."""
+def write_samples(run_dir: str | Path, rows: list[dict]) -> dict:
+    """Write ``samples.jsonl`` atomically; returns what results.json records of it (``samples_file``: name, rows,
+    SHA-256), so that a samples file never passes for another run's."""
     from vtr_bench.tracking.results import write_text_atomic
 
-    path = Path(run_dir) / SAMPLES_FILE
-    write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    return path
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    write_text_atomic(Path(run_dir) / SAMPLES_FILE, text)
+    return {"name": SAMPLES_FILE, "rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def read_samples(run_dir: str | Path) -> dict[tuple[str, int], dict]:
@@ -82,11 +83,20 @@ def read_samples(run_dir: str | Path) -> dict[tuple[str, int], dict]:
     """
     path = Path(run_dir) / SAMPLES_FILE
     try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return {(row["task"], int(row["doc_id"])): row for row in rows}
+        text = path.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        pairs = {(row["task"], int(row["doc_id"])): row for row in rows}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{path}: cannot read per-sample records ({type(error).__name__}): runs made before "
                           f"samples.jsonl existed cannot be paired; re-run with run.force=true") from None
+    try:
+        recorded = json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8")).get("samples_file")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded and recorded.get("sha256") != hashlib.sha256(text.encode()).hexdigest():
+        raise ConfigError(f"{path} is not the samples file its results.json was computed from (a re-run that "
+                          f"did not finish?): re-run with run.force=true")
+    return pairs
 
 
 def paired_scores(a: dict, b: dict) -> dict[str, dict]:

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import yaml
+
 from vtr_bench.errors import ConfigError
 
 _JUDGE_METRIC = re.compile(r"gpt|judge", re.IGNORECASE)
@@ -37,6 +39,75 @@ def task_configs(manager, name: str) -> dict[str, tuple[Path, dict]]:
         if isinstance(member, str) and member in manager.task_index:
             configs.update(task_configs(manager, member))
     return configs
+
+
+class _SimpleLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading ``!function module.name`` as its text (no import)."""
+
+
+_SimpleLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def _read_simple(path: Path) -> dict:
+    """A task YAML with its includes merged as lmms-eval merges them (last include first, the file's own keys
+    last), read with PyYAML alone."""
+    import yaml
+
+    with open(path, "rb") as f:
+        raw = yaml.load(f, Loader=_SimpleLoader) or {}
+    includes = raw.pop("include", None) if isinstance(raw, dict) else None
+    if not includes:
+        return raw
+    merged: dict = {}
+    for include in reversed([includes] if isinstance(includes, str) else list(includes)):
+        target = Path(include) if Path(include).is_file() else path.parent / include
+        merged.update(_read_simple(target))
+    merged.update(raw)
+    return merged
+
+
+def local_task_folder(local: str, cache_dir: str | Path) -> Path:
+    """The task folder of a bundled task package (``vtr_bench.tasks.<local>``), materialised under ``cache_dir``.
+
+    Raises:
+        ConfigError: unknown package, or ``cache_dir`` cannot be written (one line).
+    """
+    import importlib
+
+    try:
+        package = importlib.import_module(f"vtr_bench.tasks.{local}")
+    except ModuleNotFoundError:
+        raise ConfigError(f"unknown local task package {local!r} (no vtr_bench.tasks.{local})") from None
+    try:
+        return Path(package.materialize(Path(cache_dir) / "tasks"))
+    except OSError as error:  # an unwritable or full run.cache_dir (by default under run.out_dir)
+        raise ConfigError(f"cannot write the bundled task data under run.cache_dir={cache_dir}: "
+                          f"{error.strerror or error}") from None
+
+
+def folder_task_configs(folders: Sequence[str | Path], name: str) -> dict[str, tuple[Path, dict]] | None:
+    """``{name: (YAML, config)}`` for a plain task defined in one YAML of ``folders`` (a bundled package, a user's
+    task folder), read without importing lmms-eval (seconds per process); None where that would not be exactly
+    what lmms-eval reads — not found, defined twice, a group, or local data files given as relative paths (which
+    lmms-eval resolves itself) — and the caller asks lmms-eval's TaskManager instead."""
+    found = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                own = _read_simple(path) if name in path.read_text(errors="replace") else {}
+            except Exception:  # noqa: BLE001 - a YAML this reader cannot parse: leave it to lmms-eval
+                return None
+            if isinstance(own, dict) and own.get("task") == name:
+                found.append((path, own))
+    if len(found) != 1 or "group" in found[0][1]:
+        return None
+    path, config = found[0]
+    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    values = files.values() if isinstance(files, dict) else [files]
+    flat = [v for value in values for v in ([value] if isinstance(value, str) else list(value or []))]
+    if any(not Path(os.path.expanduser(v)).is_absolute() for v in flat):
+        return None
+    return {name: (path, config)}
 
 
 def _function_name(value) -> str:
@@ -72,12 +143,8 @@ def judge_url_problem(path: Path, url: str | None) -> str | None:
 
 def _yaml_chain(path: Path) -> list[Path]:
     """A task YAML and the YAMLs it includes, recursively (as lmms-eval resolves ``include``)."""
-    import yaml
-    from lmms_eval import utils
-
-    utils.load_yaml_config(str(path), mode="simple")  # registers lmms-eval's non-importing !function loader
     with open(path, "rb") as f:
-        raw = yaml.full_load(f) or {}
+        raw = yaml.load(f, Loader=_SimpleLoader) or {}
     includes = raw.get("include", []) if isinstance(raw, dict) else []
     chain = [path]
     for include in [includes] if isinstance(includes, str) else includes:
@@ -140,14 +207,20 @@ def _hook_files(chain: Iterable[Path]) -> list[Path]:
     return sorted({p for yaml_path in chain for p in yaml_path.parent.glob("*.py")})
 
 
-def tasks_stamp(manager, tasks: Sequence[str]) -> dict[str, str]:
+def tasks_stamp(manager, tasks: Sequence[str], configs=None) -> dict[str, str]:
     """``{task: digest}`` over each task's YAML chain, the Python files beside it and its local data files: a run
     id that contains it changes when any of them is edited (hub datasets are named, with their revision, by the
     YAML itself). Where a YAML names its local data, the path is left out (the data's bytes are hashed), so the
-    same task and data in another folder (e.g. another ``run.cache_dir``) give the same digest."""
+    same task and data in another folder (e.g. another ``run.cache_dir``) give the same digest.
+
+    Args:
+        manager: a TaskManager (used for names ``configs`` does not resolve); None if ``configs`` resolves all.
+        configs: ``configs(name) -> {task: (YAML, config)} | None`` tried first (:func:`folder_task_configs`).
+    """
     stamps = {}
     for name in tasks:
-        for task, (path, config) in task_configs(manager, name).items():
+        resolved = configs(name) if configs is not None else None
+        for task, (path, config) in (resolved if resolved is not None else task_configs(manager, name)).items():
             chain, patterns = _yaml_chain(path), _data_patterns(config)
             digest = hashlib.sha256()
             for file in chain:
