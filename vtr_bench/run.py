@@ -12,6 +12,7 @@ import re
 import resource
 import statistics
 import sys
+from functools import cached_property
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -167,6 +168,16 @@ class BenchmarkRecipe:
         self.samples, self.samples_per_rank = evaluation.samples, evaluation.samples_per_rank
         return self._results(evaluation.metrics, evaluation.records, evaluation.generation)
 
+    @cached_property
+    def task_files(self) -> dict:
+        """The benchmark's task-file digests (:func:`benchmark_stamp`), read once per run."""
+        return benchmark_stamp(self.cfg)
+
+    @cached_property
+    def pairing(self) -> str:
+        """This run's :func:`pairing_key`."""
+        return pairing_key(self.cfg, self.task_files)
+
     def loyalty(self) -> dict | None:
         """Agreement with the full model's answers on the same samples (:func:`~vtr_bench.eval.samples.loyalty`),
         from a complete ``full`` run of the same pairing under ``run.out_dir`` (None: there is none yet)."""
@@ -175,7 +186,7 @@ class BenchmarkRecipe:
 
         if method_name(self.cfg) == "full":
             return None
-        pairing = pairing_key(self.cfg)
+        pairing = self.pairing
         for path in sorted((Path(self.cfg.run.out_dir) / self.cfg.model.name / "full").glob("*/results.json")):
             try:
                 full = load_results(path.parent) or {}
@@ -213,9 +224,9 @@ class BenchmarkRecipe:
             "method_params": self.method.describe(cfg.budget),
             "label": self.method.label(cfg.budget),
             "benchmark": {"config": cfg.benchmark.name, "tasks": sorted(metrics)},
-            "task_files": benchmark_stamp(cfg),
+            "task_files": self.task_files,
             "generation": generation,
-            "pairing": pairing_key(cfg),
+            "pairing": self.pairing,
             "loyalty": self.loyalty(),
             "judge": {"tasks": self.judged, "key_set": bool(os.environ.get("OPENAI_API_KEY")),
                       "model_version": os.environ.get("MODEL_VERSION"),
@@ -264,26 +275,20 @@ def benchmark_stamp(cfg: DictConfig) -> dict:
     """The lmms-eval version and a digest per task of the benchmark's task files (YAMLs, hooks, local data)."""
     from importlib.metadata import version
 
-    from vtr_bench.eval.task_files import folder_task_configs, local_task_folder, tasks_stamp
+    from vtr_bench.eval.task_files import tasks_digest
 
     bench = cfg.benchmark
-    tasks, include = list(bench.tasks), list(bench.get("include_path") or [])
-    folders = [*include, *([local_task_folder(bench.local, cfg.run.cache_dir)] if bench.local else [])]
-    resolved = {name: folder_task_configs(folders, name) for name in tasks}
-    if any(found is None for found in resolved.values()):  # lmms-eval's own tasks, groups: ask its TaskManager
-        from vtr_bench.eval.evaluate import task_manager
-
-        manager = task_manager(tasks, bench.local, cfg.run.cache_dir, include)
-        return {"lmms_eval": version("lmms_eval"), "tasks": tasks_stamp(manager, tasks)}
-    return {"lmms_eval": version("lmms_eval"), "tasks": tasks_stamp(None, tasks, resolved.get)}
+    return {"lmms_eval": version("lmms_eval"), "tasks": tasks_digest(list(bench.tasks), bench.local, cfg.run.cache_dir,
+                                                                     list(bench.get("include_path") or []))}
 
 
-def pairing_key(cfg: DictConfig) -> str:
+def pairing_key(cfg: DictConfig, task_files: dict | None = None) -> str:
     """Runs with equal keys evaluated the same samples of the same model (config, weights, device), tasks (and their
-    files) and limit, whatever the method: their ``samples.jsonl`` pair by task and doc id."""
+    files: ``task_files``, :func:`benchmark_stamp` when None) and limit, whatever the method: their
+    ``samples.jsonl`` pair by task and doc id."""
     data = {"model": OmegaConf.to_container(cfg.model, resolve=True), "weights": local_weights_stamp(cfg.model),
             "device": cfg.run.device, "tasks": list(cfg.benchmark.tasks), "limit": cfg.benchmark.limit,
-            "task_files": benchmark_stamp(cfg)}
+            "task_files": benchmark_stamp(cfg) if task_files is None else task_files}
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

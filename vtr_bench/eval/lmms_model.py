@@ -1,7 +1,6 @@
 """The lmms-eval bridge: an ``lmms`` model class wrapping a model adapter and the reduction engine."""
 from __future__ import annotations
 
-import os
 import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from vtr_bench.errors import ConfigError, EvaluationError
+from vtr_bench.eval.distributed import process_rank
 from vtr_bench.eval.generate import greedy_generate
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.engine import ReductionEngine
@@ -110,7 +110,7 @@ class ReducedLMM(lmms):
         generation_eos = getattr(getattr(adapter.model, "generation_config", None), "eos_token_id", None)
         generation_eos = generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos]
         self.eos_token_ids = {tokenizer.eos_token_id, *(e for e in generation_eos if e is not None)}
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # data-parallel (torchrun): lmms-eval shards over this group
+        if process_rank()[1] > 1:  # data-parallel (torchrun): lmms-eval shards over this group
             from accelerate import Accelerator
 
             self.accelerator = Accelerator(cpu=adapter.device.type == "cpu")  # gloo on CPU, else the GPU backend

@@ -235,6 +235,20 @@ def tasks_stamp(manager, tasks: Sequence[str], configs=None) -> dict[str, str]:
     return dict(sorted(stamps.items()))
 
 
+def tasks_digest(tasks: Sequence[str], local: str | None, cache_dir: str | Path,
+                 include_path: Sequence[str] = ()) -> dict[str, str]:
+    """:func:`tasks_stamp` of ``tasks`` as a run finds them (a bundled package, the user's folders, lmms-eval's own
+    tasks): tasks defined in a folder are read with PyYAML alone (:func:`folder_task_configs`), the rest through
+    lmms-eval's TaskManager (the same digest either way)."""
+    folders = [*include_path, *([local_task_folder(local, cache_dir)] if local else [])]
+    resolved = {name: folder_task_configs(folders, name) for name in tasks}
+    if all(found is not None for found in resolved.values()):
+        return tasks_stamp(None, tasks, resolved.get)
+    from vtr_bench.eval.evaluate import task_manager  # lmms-eval's own tasks, groups
+
+    return tasks_stamp(task_manager(tasks, local, cache_dir, include_path), tasks)
+
+
 def check_hooks(task: str, path: Path) -> None:
     """Import a task's ``!function`` hooks as lmms-eval will, so that a typo fails before the model loads.
 

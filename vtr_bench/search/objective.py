@@ -210,8 +210,7 @@ class ModelObjective(CachedObjective):
                  cache_dir: str | Path, limit: int | None, metric: str, positions: str = "keep",
                  batch_size: int = 1, seed: int = 0, trace_path: str | Path | None = None,
                  show_progress: bool = False) -> None:
-        from vtr_bench.eval.evaluate import task_manager
-        from vtr_bench.eval.task_files import tasks_stamp
+        from vtr_bench.eval.task_files import tasks_digest
         from vtr_bench.search.data import load_search_samples
 
         super().__init__(cache_dir, trace_path)
@@ -228,7 +227,7 @@ class ModelObjective(CachedObjective):
                            "seed": self.seed, "positions": positions, "batch_size": self.batch_size,
                            "device": adapter.device.type, "scorer": scorer_key(scorer),
                            "vision_tokens": self.vision_token_counts,
-                           "task_files": tasks_stamp(task_manager([task], local, task_cache_dir), [task])}
+                           "task_files": tasks_digest([task], local, task_cache_dir)}
 
     def key(self, schedule: KeepSchedule) -> dict:
         if schedule.layers != self.layers:
