@@ -258,9 +258,20 @@ class BenchmarkRecipe:
 
 
 # Config keys that change where or how a run is shown or cached, not what it computes: left out of the run id (so
-# spelling run.out_dir as runs, ./runs or an absolute path gives one run).
-VOLATILE_KEYS = {"run": ("out_dir", "cache_dir", "show_progress", "force"), "search": ("cache_dir", "schedules_dir"),
+# spelling run.out_dir as runs, ./runs or an absolute path gives one run). The search speed-ups that give the same
+# decisions (early stop, prefix reuse: tests/test_search_speed.py) are among them; the search batch size is not.
+VOLATILE_KEYS = {"run": ("out_dir", "cache_dir", "show_progress", "force"),
+                 "search": ("cache_dir", "schedules_dir", "early_stop", "prefix_cache_mib"),
                  "logger": None, "hub": None}
+
+
+def searches(cfg: DictConfig) -> bool:
+    """Whether the run's method searches its schedule (reads the ``search:`` block); True when the method config
+    does not build (the run then stops with that error)."""
+    try:
+        return bool(instantiate_method(cfg.method).needs_objective)
+    except Exception:  # noqa: BLE001 - reported by the run itself
+        return True
 
 
 def file_stamp(path) -> str | None:
@@ -293,10 +304,10 @@ def pairing_key(cfg: DictConfig, task_files: dict | None = None) -> str:
 
 
 def run_id(cfg: DictConfig) -> str:
-    """A deterministic id from the resolved config and the contents of the files the run reads (the local
-    checkpoint's weights, a saved schedule, the tasks' YAMLs, hooks and local data), budget tag + hash: a re-run
-    finds its finished results, and a retrained checkpoint, a rewritten schedule file or an edited task does
-    not."""
+    """A deterministic id from the resolved config (the ``search:`` block only for methods that search; keys of
+    :data:`VOLATILE_KEYS` left out) and the contents of the files the run reads (the local checkpoint's weights, a
+    saved schedule, the tasks' YAMLs, hooks and local data), budget tag + hash: a re-run finds its finished
+    results, and a retrained checkpoint, a rewritten schedule file or an edited task does not."""
     data = OmegaConf.to_container(cfg, resolve=True)
     if (weights := local_weights_stamp(cfg.model)) is not None:
         data["weights"] = weights
@@ -304,6 +315,8 @@ def run_id(cfg: DictConfig) -> str:
         data["schedule_file"] = file_stamp(cfg.method.path)
     if cfg.run.mode == "eval":
         data["task_files"] = benchmark_stamp(cfg)
+    if not searches(cfg):
+        data.pop("search", None)  # a method that does not search never reads it
     for key, subkeys in VOLATILE_KEYS.items():
         if subkeys is None:
             data.pop(key, None)

@@ -187,7 +187,7 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
                    cache_dir: str | Path, limit: int | None = None, batch_size: int = 1, seed: int = 0,
                    show_progress: bool = True, include_path: Sequence[str] = (), manager=None,
                    multi_image: str = "error", output_dir: str | Path | None = None,
-                   label: str = "") -> Evaluation | None:
+                   label: str = "", store=None, monitor=None, layer_forwards: dict | None = None) -> Evaluation | None:
     """Run ``tasks`` through lmms-eval with the reduced model.
 
     Args:
@@ -196,6 +196,9 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
         output_dir: where tasks write their submission files (``<output_dir>/submissions``; None: a temporary
             folder, removed afterwards).
         label: what the progress bar says is running (with the task's name).
+        store, monitor: prefix reuse and a per-batch callback (:class:`ReducedLMM`; searches).
+        layer_forwards: receives the decoder-layer forwards computed (``prefill`` / ``decode``, x samples), also
+            when the evaluation raises.
 
     Returns:
         The metric table, our measurements, the generation settings and the per-sample rows (:class:`Evaluation`);
@@ -211,7 +214,10 @@ def evaluate_tasks(adapter: VLMAdapter, engine: ReductionEngine, tasks: Sequence
     from lmms_eval.evaluator import simple_evaluate
 
     lm = ReducedLMM(adapter, engine, batch_size=batch_size, show_progress=show_progress, multi_image=multi_image,
-                    label=label)
+                    label=label, store=store, monitor=monitor)
+    if layer_forwards is not None:
+        layer_forwards.update(lm.layer_forwards)
+        lm.layer_forwards = layer_forwards  # the caller's dict is the one counted into
     manager = manager or prepare_tasks(tasks, local, cache_dir, include_path)
     with tempfile.TemporaryDirectory(prefix="vtr_bench_submissions_") as scratch, _lmms_eval_bars_off():
         # the task code's view of lmms-eval's CLI arguments: submission files under output_path (not ./submissions),

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from vtr_bench.reduction.engine import ReductionEngine
+from vtr_bench.reduction.prefix import PrefixStore
 
 
 @dataclass
@@ -30,6 +31,8 @@ class GenerationOutput:
     kv_cache_bytes: int = 0
     step_logits: list[torch.Tensor] = field(default_factory=list)  # (batch, vocab) per step, with keep_logits
     ended: list[str] = field(default_factory=list)
+    layer_forwards: dict = field(default_factory=dict)  # decoder-layer forwards computed (x samples), with engine
+    resumed_from: int | None = None  # the depth of the prefix snapshot the prefill resumed from (prefix reuse)
 
 
 def _sync(device: torch.device) -> None:
@@ -40,7 +43,8 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inputs: dict, vision_mask: torch.Tensor,
                     max_new_tokens: int, eos_token_ids: set[int], keep_logits: bool = False,
-                    stop: Callable[[int, list[int]], bool] | None = None) -> GenerationOutput:
+                    stop: Callable[[int, list[int]], bool] | None = None, store: PrefixStore | None = None,
+                    batch_key=None) -> GenerationOutput:
     """Greedy-decode a left-padded batch through ``model`` with ``engine`` attached.
 
     Args:
@@ -54,6 +58,9 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         keep_logits: also return each step's last-position logits (tests compare them with re-run prefills).
         stop: ``stop(sample, its tokens so far)`` is True when that sample's generation is complete (a stop
             string appeared): it then ends at once, as at an eos.
+        store, batch_key: prefix reuse (:meth:`ReductionEngine.request`): the prefill may resume from a stored
+            snapshot of the batch ``batch_key`` names (then the prompt's stored embeddings replace ``inputs``' ids
+            and pixels).
 
     Returns:
         The generated ids per sample, the timings and the KV-cache size right after the prefill.
@@ -68,8 +75,12 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
     ended = ["max_new_tokens"] * batch
     decode_seconds: list[float] = []
     step_logits: list[torch.Tensor] = []
-    request = engine.request(vision_mask, attention_mask) if engine is not None else nullcontext()
+    request = engine.request(vision_mask, attention_mask, store=store, batch=batch_key) if engine is not None \
+        else nullcontext()
     with request as ctx:
+        resume = getattr(ctx, "resume", None)
+        if resume is not None:
+            inputs = {"inputs_embeds": resume.embeddings, "attention_mask": attention_mask}
         _sync(device)
         start = time.perf_counter()
         out = model(**inputs, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
@@ -106,4 +117,4 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         return GenerationOutput(tokens, prefill_seconds, decode_seconds, kv_cache_bytes=kv_bytes,
                                 step_logits=step_logits, ended=ended)
     return GenerationOutput(tokens, prefill_seconds, decode_seconds, ctx.processed_counts(), ctx.n_vision, kv_bytes,
-                            step_logits, ended)
+                            step_logits, ended, dict(ctx.layer_forwards), resume.depth if resume is not None else None)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vtr_bench.errors import ConfigError
+from vtr_bench.reduction.prefix import PrefixSnapshot, PrefixStore, record_depths
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import Scorer, ScoringInputs
 from vtr_bench.reduction.sequence import SequenceState, attention_mask_4d, reduce_sequence
@@ -71,6 +72,13 @@ class ReductionContext:
         self._step_cache: dict = {}
         self.members: torch.Tensor | None = None  # (batch, seq, prompt seq): prompt tokens in each slot (trace)
         self.trace: dict[int, list[set[tuple[int, ...]]]] | None = {} if trace else None
+        self.store: PrefixStore | None = None  # prefix reuse (engine.request(..., store=, batch=))
+        self.batch = None
+        self.resume: PrefixSnapshot | None = None
+        self.record: set[int] = set()
+        self.previous: torch.Tensor | None = None  # the hidden states the last prefill layer received
+        # decoder-layer forwards computed (x batch rows), and the prefill's token-layers (x rows x sequence length)
+        self.layer_forwards = {"prefill": 0, "decode": 0, "prefill_tokens": 0}
 
     def token_sets(self) -> dict[int, list[set[tuple[int, ...]]]]:
         """With ``trace``: for each reducing layer, per sample, the vision tokens that layer sees, each as the sorted
@@ -142,17 +150,54 @@ class ReductionEngine:
             self._ctx = None
 
     @contextmanager
-    def request(self, vision_mask: torch.Tensor, attention_mask: torch.Tensor,
-                trace: bool = False) -> Iterator[ReductionContext]:
-        """A fresh per-request context (one prefill, then any number of single-token decode steps); ``trace``
-        records the token sets of :meth:`ReductionContext.token_sets`."""
+    def request(self, vision_mask: torch.Tensor, attention_mask: torch.Tensor, trace: bool = False,
+                store: PrefixStore | None = None, batch=None) -> Iterator[ReductionContext]:
+        """A fresh per-request context (one prefill, then any number of single-token decode steps).
+
+        Args:
+            trace: record the token sets of :meth:`ReductionContext.token_sets`.
+            store: prefix reuse (:mod:`vtr_bench.reduction.prefix`): when it holds a snapshot of ``batch`` whose
+                prefix counts match, the prefill resumes from it (``ctx.resume``: the caller then passes its
+                ``embeddings`` as ``inputs_embeds``) and layers before its depth are replayed from the stored KV
+                cache, not computed; the request also stores snapshots of its own prefill
+                (:func:`~vtr_bench.reduction.prefix.record_depths`).
+            batch: what identifies the batch's inputs in ``store`` (same samples, order and padding).
+        """
         if not self._handles:
             raise RuntimeError("attach the engine (engine.attached()) before starting a request")
-        self._ctx = ReductionContext(self.schedule, vision_mask, attention_mask, trace)
+        ctx = ReductionContext(self.schedule, vision_mask, attention_mask, trace)
+        if store is not None:
+            if trace:
+                raise ConfigError("token-set tracing and prefix reuse do not combine")
+            ctx.store, ctx.batch, ctx.resume = store, batch, store.find(batch, ctx.keep)
+            if ctx.resume is not None and tuple(ctx.resume.embeddings.shape[:2]) != tuple(vision_mask.shape):
+                raise RuntimeError(f"prefix snapshot of batch {batch!r} is for inputs of shape "
+                                   f"{tuple(ctx.resume.embeddings.shape[:2])}, not {tuple(vision_mask.shape)}")
+            start = ctx.resume.depth if ctx.resume is not None else -1
+            ctx.record = {d for d in record_depths(ctx.keep, ctx.n_vision) if d > start}
+            for index in range(ctx.resume.depth if ctx.resume is not None else 0):
+                self.layers[index].forward = self._replay(index, ctx.resume)
+        self._ctx = ctx
         try:
-            yield self._ctx
+            yield ctx
         finally:
+            self._restore_forwards()
             self._ctx = None
+
+    def _replay(self, index: int, snapshot: PrefixSnapshot):
+        """A prefill forward of layer ``index`` that writes its stored keys / values into the cache and computes
+        nothing (its output is ignored: the resumed layer receives the stored hidden states)."""
+        layer_idx = getattr(getattr(self.layers[index], "self_attn", None), "layer_idx", index)
+
+        def forward(hidden_states, *args, past_key_values=None, **kwargs):
+            past_key_values.update(snapshot.keys[index], snapshot.values[index], layer_idx)
+            return hidden_states
+
+        return forward
+
+    def _restore_forwards(self) -> None:
+        for layer in self.layers:
+            layer.__dict__.pop("forward", None)
 
     def _make_hook(self, index: int):
         def hook(module, args, kwargs):
@@ -162,12 +207,23 @@ class ReductionEngine:
             hidden = args[0] if args else kwargs["hidden_states"]
             if index == 0:
                 self._start_call(ctx, hidden, kwargs)
+            resumed = False
             if ctx.calls == 1:
+                if ctx.resume is not None and index < ctx.resume.depth:
+                    return None  # replayed from the snapshot
+                ctx.layer_forwards["prefill"] += hidden.shape[0]
+                if ctx.resume is not None and index == ctx.resume.depth > 0:
+                    hidden, resumed = self._resume(ctx, ctx.resume), True
+                if index in ctx.record:
+                    self._snapshot(ctx, index, hidden, kwargs.get("past_key_values"))
                 hidden, overrides = self._prefill_layer(ctx, index, hidden, kwargs.get("past_key_values"))
+                ctx.layer_forwards["prefill_tokens"] += hidden.shape[0] * hidden.shape[1]
             else:
+                ctx.layer_forwards["decode"] += hidden.shape[0]
                 overrides = self._decode_layer(ctx, index, hidden, kwargs)
-            if overrides is None:
+            if overrides is None and not resumed:
                 return None
+            overrides = overrides or {}
             if args:
                 args = (hidden,) + tuple(args[1:])
             else:
@@ -203,6 +259,29 @@ class ReductionEngine:
         elif hidden.shape[1] != 1:
             raise RuntimeError("after the prefill the engine supports single-token decode steps only")
 
+    def _resume(self, ctx: ReductionContext, snapshot: PrefixSnapshot) -> torch.Tensor:
+        """Put the request where ``snapshot`` was taken (entering its layer); returns the hidden states."""
+        ctx.state, ctx.prompt = snapshot.state, snapshot.prompt
+        ctx.current_counts, ctx.current_shift = snapshot.counts, snapshot.shift
+        ctx.prefill_overrides = snapshot.overrides
+        ctx.processed, ctx.layer_valid = list(snapshot.processed), list(snapshot.layer_valid)
+        ctx.layer_shift = list(snapshot.layer_shift)
+        scorer = self.scorer
+        stash = scorer is not None and scorer.needs_attention and scorer.source_offset == -1 \
+            and snapshot.depth in ctx.drop_layers
+        ctx.stash = snapshot.previous if stash else None
+        self._restore_forwards()  # decode steps compute every layer
+        return snapshot.hidden
+
+    @staticmethod
+    def _snapshot(ctx: ReductionContext, index: int, hidden: torch.Tensor, cache) -> None:
+        """Store the prefill state entering layer ``index`` (tensors referenced: later steps never write them)."""
+        layers = cache.layers[:index]
+        ctx.store.put(ctx.batch, ctx.keep, PrefixSnapshot(
+            index, hidden, ctx.previous if index else None, ctx.prompt_hidden, [c.keys for c in layers],
+            [c.values for c in layers], ctx.state, ctx.prompt, ctx.current_counts, ctx.current_shift,
+            ctx.prefill_overrides, list(ctx.processed), list(ctx.layer_valid), list(ctx.layer_shift)))
+
     def _prefill_layer(self, ctx: ReductionContext, index: int, hidden: torch.Tensor, cache):
         state = ctx.state
         if index in ctx.drop_layers:
@@ -219,6 +298,8 @@ class ReductionEngine:
         ctx.processed.append(ctx.current_counts)
         ctx.layer_valid.append(state.valid)
         ctx.layer_shift.append(ctx.current_shift)
+        if ctx.store is not None:
+            ctx.previous = hidden
         return hidden, ctx.prefill_overrides
 
     def _drop(self, ctx: ReductionContext, index: int, hidden: torch.Tensor, cache):

@@ -12,6 +12,10 @@ Two pass criteria (``criterion``): ``mean`` (the paper's) compares the two searc
 the search samples (confidence ``confidence``) is at least ``−tolerance``, so a drop that is only luck of the
 draw fails; it needs an objective with per-sample scores (``objective.scores(schedule)``).
 
+With the mean criterion the search asks the objective "is the accuracy at least ``reference - tolerance``?"
+(``objective.decide``), so an objective that stops early (``search.early_stop``) evaluates a candidate only until
+its answers decide that; the paired criterion needs every sample's score and always evaluates in full.
+
 Cost: one reference evaluation plus at most ``ceil(log2(c + 1))`` per layer, where ``c`` is the number of grid
 ratios below the previous layer's (``|G| - 1`` when the grid holds 1.0): at most ``(L-2)·ceil(log2|G|) + L``.
 """
@@ -78,13 +82,14 @@ def greedy_search(objective: Objective, layers: int, grid: Sequence[float], tole
     if criterion == "paired":
         reference_scores = _scores(objective, KeepSchedule.full(layers))
 
-    def passes(schedule: KeepSchedule, accuracy: float) -> bool:
-        if criterion == "mean":
-            return accuracy >= threshold
+    def trial(schedule: KeepSchedule) -> tuple[bool, float | None]:
+        if criterion == "mean":  # an objective that stops early may decide without the accuracy
+            return recorder.decide(schedule, threshold)
+        accuracy = recorder(schedule)
         diffs = [a - b for a, b in zip(_scores(objective, schedule), reference_scores, strict=True)]
         bound = lower_bound(diffs, resamples, seed, confidence)
         bounds.append({"ratios": list(schedule.ratios), "accuracy": accuracy, "lower_bound": bound})
-        return bound >= -tolerance - _EPS
+        return bound >= -tolerance - _EPS, accuracy
     ratios, accuracy = [1.0] * layers, reference
     for layer in range(start_layer, layers):
         previous = ratios[layer - 1] if layer else 1.0
@@ -93,14 +98,16 @@ def greedy_search(objective: Objective, layers: int, grid: Sequence[float], tole
         while lo < hi:  # smallest index whose schedule passes; len(below) = keep the previous ratio
             mid = (lo + hi) // 2
             schedule = KeepSchedule(tuple(ratios[:layer]) + (below[mid],) * (layers - layer))
-            trial = recorder(schedule)
-            if passes(schedule, trial):
-                hi, passed[mid] = mid, trial
+            ok, value = trial(schedule)
+            if ok:
+                hi, passed[mid] = mid, value
             else:
                 lo = mid + 1
         if hi < len(below):
             ratios[layer:] = [below[hi]] * (layers - layer)
             accuracy = passed[hi]
+    if accuracy is None:  # the schedule found passed early: its accuracy is computed now (one more evaluation)
+        accuracy = recorder(KeepSchedule(tuple(ratios)))
     params = {"tolerance": tolerance, "grid": list(candidates), "start_layer": start_layer, "criterion": criterion}
     if criterion == "paired":
         params.update(confidence=confidence, resamples=int(resamples), bootstrap_seed=int(seed), bounds=bounds)

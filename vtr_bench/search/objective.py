@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 import uuid
 from pathlib import Path
 
 from vtr_bench.errors import ConfigError, EvaluationError
+from vtr_bench.reduction.prefix import PrefixStore
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.tracking.results import write_json_atomic
 
@@ -56,8 +58,13 @@ class CachedObjective:
         """A JSON-friendly dict that identifies the evaluation of ``schedule``."""
         raise NotImplementedError
 
+    stops_early = False  # evaluate(schedule, threshold) may stop early (see below)
+
     def evaluate(self, schedule: KeepSchedule) -> dict:  # pragma: no cover - interface
-        """Evaluate ``schedule``; returns a JSON-friendly dict with at least ``accuracy``."""
+        """Evaluate ``schedule``; returns a JSON-friendly dict with at least ``accuracy``. An objective whose
+        ``stops_early`` is True is also called as ``evaluate(schedule, threshold)``: it may then stop once the
+        comparison with ``threshold`` is decided, returning ``accuracy: None`` and bounds ``low <= accuracy <=
+        high`` instead."""
         raise NotImplementedError
 
     def entry(self, schedule: KeepSchedule) -> dict:
@@ -66,20 +73,59 @@ class CachedObjective:
         Returns:
             ``{"key": ..., "accuracy": ..., ...}`` as stored.
         """
+        return self._entry(schedule, None)
+
+    def decide(self, schedule: KeepSchedule, threshold: float) -> tuple[bool, float | None]:
+        """Whether the accuracy of ``schedule`` is at least ``threshold``, and the accuracy when it was computed
+        (None: an objective that stops early decided without it, see :class:`ModelObjective`)."""
+        entry = self._entry(schedule, threshold)
+        if entry.get("accuracy") is None:
+            return bool(entry["low"] >= threshold), None
+        return float(entry["accuracy"]) >= threshold, float(entry["accuracy"])
+
+    def _entry(self, schedule: KeepSchedule, threshold: float | None) -> dict:
         start = time.perf_counter()
         path, key, entry = self._lookup(schedule)
         cached = entry is not None
+        if not cached and threshold is not None:  # a stored early decision may answer this threshold
+            bounds = self._read_bounds(key)
+            if bounds is not None and (bounds["low"] >= threshold or bounds["high"] < threshold):
+                entry, cached = bounds, True
         if not cached:
-            entry = {"key": key, **self.evaluate(schedule)}
-            write_json_atomic(path, entry)
+            early = threshold is not None and self.stops_early
+            entry = {"key": key, **(self.evaluate(schedule, threshold) if early else self.evaluate(schedule))}
+            if entry.get("accuracy") is None:  # stopped early: its bounds, not an accuracy
+                write_json_atomic(self._bounds_path(key), entry)
+            else:
+                write_json_atomic(path, entry)
             self.new_evaluations += 1
-        self._record({"eval": len(self.trace), "ratios": list(schedule.ratios), "budget": schedule.budget,
-                      "accuracy": float(entry["accuracy"]), "cached": cached,
-                      "seconds": time.perf_counter() - start})
+        accuracy = entry.get("accuracy")
+        line = {"eval": len(self.trace), "ratios": list(schedule.ratios), "budget": schedule.budget,
+                "accuracy": None if accuracy is None else float(accuracy), "cached": cached,
+                "seconds": time.perf_counter() - start}
+        if threshold is not None:
+            line.update(threshold=threshold, passed=bool((entry["low"] if accuracy is None else accuracy) >= threshold),
+                        early=accuracy is None, samples_seen=entry.get("seen", entry.get("samples")))
+        if not cached and "layer_forwards" in entry:
+            line["layer_forwards"] = entry["layer_forwards"]
+        self._record(line)
         return entry
 
     def __call__(self, schedule: KeepSchedule) -> float:
         return float(self.entry(schedule)["accuracy"])
+
+    def _bounds_path(self, key: dict) -> Path:
+        return self.cache_dir / f"{digest({'bounds': key})}.json"
+
+    def _read_bounds(self, key: dict) -> dict | None:
+        """A stored early decision of ``key``: the accuracy's bounds ``low <= accuracy <= high`` (None: none)."""
+        try:
+            entry = json.loads(self._bounds_path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(entry, dict) and entry.get("key") == key and all(
+            isinstance(entry.get(k), (int, float)) and math.isfinite(entry[k]) for k in ("low", "high"))
+        return entry if ok and entry["low"] <= entry["high"] else None
 
     def _lookup(self, schedule: KeepSchedule) -> tuple[Path, dict, dict | None]:
         """The cache file, key and stored entry (None: not stored, or not valid) of ``schedule``."""
@@ -204,12 +250,16 @@ class ModelObjective(CachedObjective):
         seed: lmms-eval's seeds.
         trace_path: JSON-lines trace of every call.
         show_progress: a progress bar per evaluation, labelled with its number and mean keep ratio.
+        early_stop: a question "is the accuracy at least t?" (:meth:`decide`) stops evaluating once the answers so
+            far decide it (needs a mean-aggregated metric with per-sample values in [0, 1] and no answer filter).
+        prefix_cache_mib: memory bound of the prefix snapshots shared across evaluations
+            (:mod:`vtr_bench.reduction.prefix`; 0: off).
     """
 
     def __init__(self, adapter, scorer, task: str, *, local: str | None, task_cache_dir: str | Path,
                  cache_dir: str | Path, limit: int | None, metric: str, positions: str = "keep",
                  batch_size: int = 1, seed: int = 0, trace_path: str | Path | None = None,
-                 show_progress: bool = False) -> None:
+                 show_progress: bool = False, early_stop: bool = False, prefix_cache_mib: float = 0) -> None:
         from vtr_bench.eval.task_files import tasks_digest
         from vtr_bench.search.data import load_search_samples
 
@@ -218,6 +268,14 @@ class ModelObjective(CachedObjective):
         self.task_cache_dir, self.limit, self.metric = task_cache_dir, limit, metric
         self.positions, self.batch_size, self.seed = positions, int(batch_size), int(seed)
         self.show_progress, self.evaluations = show_progress, 0
+        self.stops_early = bool(early_stop)
+        self.store = PrefixStore(prefix_cache_mib) if prefix_cache_mib and float(prefix_cache_mib) > 0 else None
+        self._scoring = None  # the lmms-eval Task that scores single answers (early stop)
+        if self.stops_early:
+            problem = self._early_stop_problem()
+            if problem:
+                print(f"vtr_bench: warning: search.early_stop is off: {problem}", file=sys.stderr)
+                self.stops_early = False
         split, samples = load_search_samples(task, local, task_cache_dir, limit)
         self.vision_token_counts = sorted({int(adapter.vision_mask(adapter.prepare([image], [question])["input_ids"])
                                                .sum()) for image, question in samples})
@@ -242,21 +300,87 @@ class ModelObjective(CachedObjective):
         self.evaluations += 1
         return f"search eval {self.evaluations} (mean keep {sum(schedule.ratios) / schedule.layers:.3f})"
 
-    def evaluate(self, schedule: KeepSchedule) -> dict:
+    def evaluate(self, schedule: KeepSchedule, threshold: float | None = None) -> dict:
         from vtr_bench.eval.evaluate import evaluate_tasks
 
         engine = self.adapter.engine(schedule, self.scorer, positions=self.positions)
-        evaluation = evaluate_tasks(self.adapter, engine, [self.task], local=self.local,
-                                    cache_dir=self.task_cache_dir, limit=self.limit, batch_size=self.batch_size,
-                                    seed=self.seed, show_progress=self.show_progress, label=self._label(schedule))
+        monitor = _EarlyStop(self._scoring, self.metric, threshold, self.provenance["samples"]) \
+            if threshold is not None else None
+        if self.store is not None:
+            self.store.next_evaluation()
+        forwards = {}
+        try:
+            evaluation = evaluate_tasks(self.adapter, engine, [self.task], local=self.local,
+                                        cache_dir=self.task_cache_dir, limit=self.limit, batch_size=self.batch_size,
+                                        seed=self.seed, show_progress=self.show_progress,
+                                        label=self._label(schedule), store=self.store, monitor=monitor,
+                                        layer_forwards=forwards)
+        except _Decided as decided:
+            return {"accuracy": None, **decided.bounds, "layer_forwards": forwards}
         task_metrics = evaluation.metrics.get(self.task, {})
         if self.metric not in task_metrics:
             raise EvaluationError(f"search task {self.task!r} reports no metric {self.metric!r} "
                                   f"(it reports {sorted(task_metrics)}); set search.metric")
-        scores = [row["scores"].get(self.metric) for row in evaluation.samples if row["task"] == self.task]
+        rows = [row for row in evaluation.samples if row["task"] == self.task]
+        scores = [row["scores"].get(self.metric) for row in rows]
+        if monitor is not None and monitor.scores != {row["doc_id"]: row["scores"].get(self.metric) for row in rows}:
+            raise EvaluationError(f"search.early_stop: scoring single answers of {self.task} disagrees with "
+                                  f"lmms-eval's scores of the same answers; set search.early_stop=false")
         return {"accuracy": float(task_metrics[self.metric]), "metrics": task_metrics,
                 "samples": len(evaluation.records),
-                "scores": scores if scores and all(isinstance(v, float) for v in scores) else None}
+                "scores": scores if scores and all(isinstance(v, float) for v in scores) else None,
+                "layer_forwards": forwards}
+
+    def _early_stop_problem(self) -> str | None:
+        """Why single answers of the search task cannot decide early (None: they can; the task that scores them
+        is kept): the metric must be the mean of per-sample values and the task must not filter answers."""
+        from lmms_eval.api.registry import get_aggregation
+        from lmms_eval.api.task import Task
+        from lmms_eval.tasks import get_task_dict
+
+        from vtr_bench.eval.evaluate import task_manager
+
+        task = get_task_dict([self.task], task_manager([self.task], self.local, self.task_cache_dir)).get(self.task)
+        if not isinstance(task, Task):
+            return f"{self.task} is not a single task"
+        aggregation = task.aggregation().get(self.metric)
+        if aggregation is not get_aggregation("mean"):
+            return f"{self.task}'s {self.metric} is not aggregated by the mean over samples"
+        if task.config.filter_list is not None:
+            return f"{self.task} filters its answers before scoring them"
+        self._scoring = task
+        return None
+
+
+class _Decided(Exception):
+    """Raised from inside an evaluation once its comparison with the threshold is decided."""
+
+    def __init__(self, bounds: dict) -> None:
+        super().__init__("decided")
+        self.bounds = bounds
+
+
+class _EarlyStop:
+    """Scores each answered batch with the task's own ``process_results`` and stops the evaluation (raises
+    :class:`_Decided`) once the mean over all ``samples`` is sure to be below ``threshold`` (every sample left
+    scoring 1 would not reach it) or sure to reach it (every sample left scoring 0 would not drop it below)."""
+
+    def __init__(self, task, metric: str, threshold: float, samples: int) -> None:
+        self.task, self.metric, self.threshold, self.samples = task, metric, float(threshold), int(samples)
+        self.scores: dict[int, float] = {}
+
+    def __call__(self, lm, batch, answers) -> None:
+        for request, answer in zip(batch, answers):
+            _, _, _, doc_id, task, split = request.args
+            value = self.task.process_results(lm.task_dict[task][split][doc_id], [answer]).get(self.metric)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise EvaluationError(f"search.early_stop needs per-sample {self.metric} values in [0, 1], {task} "
+                                      f"doc {doc_id} scored {value!r}; set search.early_stop=false")
+            self.scores[int(doc_id)] = float(value)
+        seen, total = len(self.scores), sum(self.scores.values())
+        low, high = total / self.samples, (total + self.samples - seen) / self.samples
+        if seen < self.samples and (low >= self.threshold or high < self.threshold):
+            raise _Decided({"low": low, "high": high, "seen": seen, "samples": self.samples})
 
 
 def objective_from_config(cfg, adapter, scorer, run_dir: str | Path, positions: str = "keep") -> ModelObjective:
@@ -273,4 +397,6 @@ def objective_from_config(cfg, adapter, scorer, run_dir: str | Path, positions: 
     return ModelObjective(adapter, scorer, str(search.task), local=search.local, task_cache_dir=cfg.run.cache_dir,
                           cache_dir=search.cache_dir, limit=search.limit, metric=str(search.metric),
                           positions=positions, batch_size=search.batch_size, seed=cfg.seed,
-                          trace_path=Path(run_dir) / TRACE_FILE, show_progress=bool(cfg.run.show_progress))
+                          trace_path=Path(run_dir) / TRACE_FILE, show_progress=bool(cfg.run.show_progress),
+                          early_stop=bool(search.get("early_stop", False)),
+                          prefix_cache_mib=float(search.get("prefix_cache_mib") or 0))

@@ -112,12 +112,13 @@ def record_search(method, objective, schedules_dir: str | Path, run_dir: str | P
                                               f"{method.name} {result.tag}: search accuracy {result.accuracy:.3f}")}
     if "bo_values" in result.params:
         plots["bo_convergence"] = plot_convergence(result.params["bo_values"], run_dir / CONVERGENCE_PLOT)
-    for line in objective.trace:
-        logger.log_metrics({"search/eval": line["eval"], "search/accuracy": line["accuracy"],
-                            "search/budget": line["budget"], "search/cached": int(line["cached"])})
-    logger.log_table("search_trace", ["eval", "budget", "accuracy", "cached", "seconds", "ratios"],
-                     [[t["eval"], t["budget"], t["accuracy"], t["cached"], t["seconds"], str(t["ratios"])]
-                      for t in objective.trace])
+    for line in objective.trace:  # an early-stopped evaluation has no accuracy, only its decision
+        logger.log_metrics({"search/eval": line["eval"], "search/budget": line["budget"],
+                            "search/cached": int(line["cached"]), "search/early": int(bool(line.get("early"))),
+                            **({} if line["accuracy"] is None else {"search/accuracy": line["accuracy"]})})
+    logger.log_table("search_trace", ["eval", "budget", "accuracy", "passed", "early", "cached", "seconds", "ratios"],
+                     [[t["eval"], t["budget"], t["accuracy"], t.get("passed"), bool(t.get("early")), t["cached"],
+                       t["seconds"], str(t["ratios"])] for t in objective.trace])
     logger.log_table("searched_schedule", ["layer", "keep_ratio"], [[i, r] for i, r in
                                                                     enumerate(result.schedule.ratios)])
     logger.log_metrics({"search/final_accuracy": result.accuracy, "search/reference_accuracy":

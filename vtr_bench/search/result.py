@@ -26,6 +26,17 @@ class Recorder:
         self.history.append((schedule.ratios, accuracy))
         return accuracy
 
+    def decide(self, schedule: KeepSchedule, threshold: float) -> tuple[bool, float | None]:
+        """Whether the accuracy of ``schedule`` is at least ``threshold`` and the accuracy (None when the objective
+        decided early without it: ``objective.decide``; objectives without it are simply evaluated)."""
+        decide = getattr(self.objective, "decide", None)
+        if decide is None:
+            accuracy = self(schedule)
+            return accuracy >= threshold, accuracy
+        passed, accuracy = decide(schedule, threshold)
+        self.history.append((schedule.ratios, accuracy))
+        return passed, accuracy
+
 
 @dataclass
 class SearchResult:
@@ -35,7 +46,8 @@ class SearchResult:
         schedule: the schedule found.
         accuracy: its search-split accuracy.
         reference_accuracy: the search-split accuracy of the full model.
-        history: every objective call of the search: (ratios, accuracy), in order (cached calls included).
+        history: every objective call of the search: (ratios, accuracy), in order (cached calls included; accuracy
+            None where an early stop decided without it).
         params: method-specific results (e.g. the sigmoid's ``k``, ``alpha``, ``floor``).
         tag: short label of the search's setting for file names (e.g. ``tol0.01``, ``b0.3``).
     """
