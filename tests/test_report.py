@@ -63,6 +63,15 @@ def test_budget_table_gives_each_setting_of_a_method_its_row(tmp_path):
         assert line in text
 
 
+def test_budget_table_tells_position_policies_apart(tmp_path):
+    for positions, acc in (("keep", 0.7), ("renumber", 0.6)):
+        _write_run(tmp_path, "tiny", "sparsevlm", 0.3, acc, 1.0, run_id=positions, positions=positions)
+    build_report(tmp_path, tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| sparsevlm (positions=keep) | 0.700 (0.300) |" in text
+    assert "| sparsevlm (positions=renumber) | 0.600 (0.300) |" in text
+
+
 def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front([(2.0, 0.9), (1.1, 0.8), (1.1, 0.7), (1.5, 0.75), (0.5, 0.5)]) == [
         (0.5, 0.5), (1.1, 0.8), (2.0, 0.9)]

@@ -144,12 +144,17 @@ def _same_as_full(row: dict) -> str:
     return " ≈" if full and full["diff"]["contains_zero"] else ""
 
 
+def _setting(row: dict) -> dict:
+    """What a run was run with: its method parameters and its position policy."""
+    return {**row["params"], "positions": row.get("positions")}
+
+
 def _variants(rows: list[dict]) -> list[str]:
-    """The method parameters that tell apart runs of one method in one budget cell (e.g. G-Search's criterion and
-    tolerance, FastV's k): each combination gets its own table row."""
+    """The method parameters (position policy included) that tell apart runs of one method in one budget cell (e.g.
+    G-Search's criterion and tolerance, FastV's k): each combination gets its own table row."""
     keys = set()
     for budget in {r["budget"] for r in rows}:
-        cell = [r["params"] for r in rows if r["budget"] == budget]
+        cell = [_setting(r) for r in rows if r["budget"] == budget]
         for key in {k for params in cell for k in params}:
             if len({json.dumps(params.get(key), sort_keys=True) for params in cell}) > 1:
                 keys.add(key)
@@ -173,9 +178,9 @@ def budget_tables(rows: list[dict]) -> str:
         for method in sorted({r["method"] for r in mine}, key=lambda m: (m != "full", m)):
             runs = [r for r in mine if r["method"] == method and r["average"] is not None]
             keys = _variants(runs)
-            settings = sorted({tuple(json.dumps(r["params"].get(k), sort_keys=True) for k in keys) for r in runs})
+            settings = sorted({tuple(json.dumps(_setting(r).get(k), sort_keys=True) for k in keys) for r in runs})
             for setting in settings or [()]:
-                chosen = [r for r in runs if tuple(json.dumps(r["params"].get(k), sort_keys=True)
+                chosen = [r for r in runs if tuple(json.dumps(_setting(r).get(k), sort_keys=True)
                                                    for k in keys) == setting]
                 cells = [" / ".join(f"{r['average']:.3f} ({r['budget_achieved']:.3f})" + _same_as_full(r)
                                     for r in chosen if r["budget"] == b) or "—" for b in columns]
