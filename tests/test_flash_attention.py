@@ -91,6 +91,7 @@ def test_flash_attention_without_flash_attn_is_one_line():
     from vtr_bench.checks import check_config
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["model=llava15_7b", "model.attn_implementation=flash_attention_2"])
+        cfg = compose(config_name="config",
+                      overrides=["model=llava15_7b", "model.attn_implementation=flash_attention_2"])
     with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package and a CUDA GPU"):
         check_config(cfg)
