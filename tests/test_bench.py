@@ -26,3 +26,15 @@ def test_benchmark_rows_counts_and_outputs(tmp_path):
     assert table.count("\n| ") == 4 and "fastv at budget 0.1: not run (budget 0.1 is unreachable" in table
     plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_default_method_builds_for_the_benchmark():
+    """SparseVLM's config reads ${model.dims.vision_tokens}: the benchmark resolves it from the model's dims."""
+    from omegaconf import OmegaConf
+
+    from vtr_bench.bench import CONF, DEFAULT_METHODS, build_configurations
+
+    dims = OmegaConf.load(CONF / "model" / "synthetic_cpu.yaml").dims
+    configurations, skipped = build_configurations(list(DEFAULT_METHODS), [0.5], 16, 0, dims)
+    assert {c["method"] for c in configurations} == {"unmodified", "keep_all_hooks", *DEFAULT_METHODS}
+    assert not skipped

@@ -51,14 +51,17 @@ def _run_layer(adapter, layer, hidden, pos):
     return hidden[0] if isinstance(hidden, tuple) else hidden
 
 
-def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positions, seed=0):
-    """Slow reference: decoder layers run by hand on explicitly gathered tokens (batch 1, no cache)."""
+def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positions, seed=0, record=None):
+    """Slow reference: decoder layers run by hand on explicitly gathered tokens (batch 1, no cache). ``record``
+    (a dict) receives, per reducing layer, the prompt indices of the vision tokens it keeps and the score margin
+    between the last kept and the first dropped one."""
     model, lm = adapter.model, adapter.language_model
     with torch.no_grad():
         embeds, vision = _prompt_embeddings(adapter, ids, pixel_values)
         n_vision = int(vision.sum())
         counts = schedule.counts(n_vision)
         hidden, pos = embeds, torch.arange(ids.shape[1])[None]
+        prompt_index = torch.arange(ids.shape[1])
         is_vision, ordinal = vision.clone(), torch.cumsum(vision.long(), 0) - 1
         previous_input = None
         for index, layer in enumerate(adapter.decoder_layers):
@@ -73,10 +76,14 @@ def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positio
                     source_layer = index if scorer_kind == "pdrop" else max(index - 1, 0)
                     scores = _eager_attention(adapter, source_layer, source, cos, sin)[-1]
                 vis_idx = is_vision.nonzero().flatten()
-                top = vis_idx[scores[vis_idx].float().argsort(descending=True, stable=True)[: counts[index]]]
+                ranked = scores[vis_idx].float().sort(descending=True, stable=True)
+                top = vis_idx[ranked.indices[: counts[index]]]
                 keep = torch.cat([(~is_vision).nonzero().flatten(), top]).sort().values
+                if record is not None:
+                    cut = ranked.values[counts[index] - 1] - ranked.values[counts[index]] if counts[index] else 0.0
+                    record[index] = ({(int(i),) for i in prompt_index[top]}, float(cut))
                 hidden, pos = hidden[:, keep], pos[:, keep]
-                is_vision, ordinal = is_vision[keep], ordinal[keep]
+                is_vision, ordinal, prompt_index = is_vision[keep], ordinal[keep], prompt_index[keep]
                 if positions == "renumber":
                     pos = torch.arange(hidden.shape[1])[None]
             previous_input = hidden

@@ -258,23 +258,33 @@ def test_12_unwritable_storage_is_reported_before_the_work(guarded):
 LMMS_EVAL = Path(sys.executable).with_name("lmms-eval")
 
 
-@pytest.mark.parametrize("model_args, expected", [
-    ("model=nope", "Could not find 'model/nope'"),
-    ("budget=abc", "budget must be a number in (0, 1], got 'abc'"),
-    ("nosuchkey=1", "nosuchkey"),
-])
-def test_13_lmms_eval_plugin_bad_model_args(tmp_path, model_args, expected):
+def test_13_lmms_eval_plugin_bad_model_args(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
     include = subprocess.run([sys.executable, "-m", "vtr_bench.tasks", "shapes", str(tmp_path / "cache")],
                              capture_output=True, text=True, env=env, check=True).stdout.strip()
-    result = subprocess.run([str(LMMS_EVAL), "--model", "vtr_bench", "--model_args", f"{model_args},run.out_dir="
+    result = subprocess.run([str(LMMS_EVAL), "--model", "vtr_bench", "--model_args", f"model=nope,run.out_dir="
                              f"{tmp_path / 'runs'}", "--tasks", "shapes", "--include_path", include, "--limit", "2",
                              "--output_path", str(tmp_path / "out")],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("vtr_bench: error:")]
-    assert len(ours) == 1 and expected in ours[0], result.stderr[-2000:]
+    assert len(ours) == 1 and "Could not find 'model/nope'" in ours[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("model_args, expected", [
+    ({"budget": "abc"}, "budget must be a number in (0, 1], got 'abc'"),
+    ({"nosuchkey": "1"}, "nosuchkey"),
+])
+def test_13_plugin_model_args_are_checked_in_one_line(tmp_path, capsys, model_args, expected):
+    """The same model class lmms-eval builds from ``--model_args`` (strings, as its parser gives them)."""
+    from vtr_bench.eval.plugin import VtrBenchLMM
+
+    with pytest.raises(SystemExit) as stop:
+        VtrBenchLMM(**model_args, **{"run.out_dir": str(tmp_path / "runs")})
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("vtr_bench: error:")]
+    assert stop.value.code == 2 and len(ours) == 1 and expected in ours[0], err
 
 
 def test_14_a_sweep_job_with_an_unexpected_error_and_ctrl_c(guarded):

@@ -164,3 +164,18 @@ def test_run_ids_follow_what_a_run_computes():
     assert rid("method=gsearch") == rid("method=gsearch", "search.early_stop=false", "search.prefix_cache_mib=0")
     fixed = ("method=psigmoid", "budget=0.5", "method.k=1.0", "method.alpha=2.0")
     assert rid(*fixed) == rid(*fixed, "search.limit=7")
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("search.early_stop=sometimes", "search.early_stop must be true or false, got 'sometimes'"),
+    ("search.prefix_cache_mib=-1", "search.prefix_cache_mib must be a number of MiB >= 0 (0: off), got -1"),
+    ("search.prefix_cache_mib=lots", "search.prefix_cache_mib must be a number of MiB >= 0 (0: off), got 'lots'"),
+    ("search.batch_size=0", "search.batch_size must be >= 1, got 0"),
+])
+def test_speed_up_settings_are_checked_up_front(override, expected):
+    from vtr_bench.checks import check_config
+    from vtr_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_config("method=gsearch", override))
+    assert str(error.value) == expected

@@ -41,10 +41,11 @@ def _summary_ms(values: list[float]) -> dict:
     return {"median_ms": 1000 * statistics.median(values), "p90_ms": 1000 * _percentile(values, 0.9)}
 
 
-def build_configurations(methods: list[str], budgets: list[float], layers: int,
-                         seed: int) -> tuple[list[dict], list[dict]]:
+def build_configurations(methods: list[str], budgets: list[float], layers: int, seed: int,
+                         dims=None) -> tuple[list[dict], list[dict]]:
     """Configurations to time (the unmodified model, the keep-all engine, each method × budget) and the method ×
-    budget pairs skipped because the method cannot reach the budget on this depth."""
+    budget pairs skipped because the method cannot reach the budget on this depth. ``dims`` (the model's
+    ``dims`` node) resolves method configs that read them (SparseVLM's ``${model.dims.vision_tokens}``)."""
     from vtr_bench.run import instantiate_method
 
     skipped: list[dict] = []
@@ -58,7 +59,9 @@ def build_configurations(methods: list[str], budgets: list[float], layers: int,
         if not path.is_file():
             raise VtrError(f"unknown method {name!r} (no {path})")
         node = OmegaConf.merge(OmegaConf.load(path), FIXED_OVERRIDES.get(name, {}))
-        method = instantiate_method(node)
+        root = OmegaConf.create({"model": {"dims": OmegaConf.to_container(dims) if dims is not None else {}}})
+        root.method = node  # its interpolations resolve against this root
+        method = instantiate_method(root.method)
         for budget in budgets:
             try:
                 schedule, scorer = method.build(layers, budget, seed)
@@ -71,8 +74,10 @@ def build_configurations(methods: list[str], budgets: list[float], layers: int,
 
 
 def run_benchmark(model_name: str, methods: list[str], budgets: list[float], reps: int, warmup: int,
-                  new_tokens: int, device: str, dtype: str, seed: int = 0, dims: dict | None = None) -> dict:
-    """Measure every configuration on the synthetic decoder of ``model_name`` (or of explicit ``dims``).
+                  new_tokens: int, device: str, dtype: str, seed: int = 0, dims: dict | None = None,
+                  batch: int = 1, attn_implementation: str = "sdpa", decoder=None) -> dict:
+    """Measure every configuration on the synthetic decoder of ``model_name`` (or of explicit ``dims``), with
+    ``batch`` prompts per forward and the given attention implementation (``decoder``: one already built).
 
     Returns:
         The report: one row per configuration (FLOPs ratio, ideal and measured speed-ups, latency median / p90,
@@ -84,11 +89,12 @@ def run_benchmark(model_name: str, methods: list[str], budgets: list[float], rep
     from vtr_bench.tracking.results import environment_info
 
     dims_cfg = OmegaConf.create(dims) if dims else OmegaConf.load(CONF / "model" / f"{model_name}.yaml").dims
-    decoder = SyntheticDecoder(dims_cfg, dtype=DTYPES[dtype], device=device, seed=seed)
+    decoder = decoder or SyntheticDecoder(dims_cfg, dtype=DTYPES[dtype], device=device, seed=seed,
+                                          attn_implementation=attn_implementation)
     before, after = int(dims_cfg.get("text_before", 35)), int(dims_cfg.get("text_after", 25))
-    inputs, vision = decoder.prompt(before, after, seed=seed)
+    inputs, vision = decoder.prompt(before, after, seed=seed, batch=batch)
     dims = DecoderDims.from_hf_config(decoder.model.config)
-    configurations, skipped = build_configurations(methods, budgets, decoder.layers, seed)
+    configurations, skipped = build_configurations(methods, budgets, decoder.layers, seed, dims_cfg)
     for c in configurations:
         c["engine"] = decoder.engine(c["schedule"], c["scorer"]) if c["hooked"] else None
         c["prefill"], c["decode"] = [], []
@@ -135,6 +141,7 @@ def run_benchmark(model_name: str, methods: list[str], budgets: list[float], rep
     return {
         "model": model_name, "dims": OmegaConf.to_container(dims_cfg), "text_tokens": text,
         "device": device, "dtype": dtype, "attn_implementation": decoder.model.config._attn_implementation,
+        "batch": batch, "timer": "cuda events" if device.startswith("cuda") else "perf_counter",
         "torch_threads": torch.get_num_threads(), "reps": reps, "warmup": warmup, "new_tokens": new_tokens,
         "environment": environment_info(), "rows": rows, "skipped": skipped,
     }
@@ -195,13 +202,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (default: torch's); use 1 when another process holds a core")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--batch", type=int, default=1, help="prompts per forward (same length, no padding)")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.attn == "flash_attention_2":
+            from vtr_bench.checks import check_attention
+
+            check_attention(OmegaConf.create({"attn_implementation": args.attn, "dtype": args.dtype}), args.device)
         report = run_benchmark(args.model, args.methods, args.budgets, args.reps, args.warmup, args.new_tokens,
-                               args.device, args.dtype)
+                               args.device, args.dtype, batch=args.batch, attn_implementation=args.attn)
     except VtrError as error:
         print(f"vtr_bench.bench: error: {error}", file=sys.stderr)
         return 2

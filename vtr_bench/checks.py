@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from vtr_bench.errors import ConfigError
 
 LOGGER_MODES = ("none", "offline", "online", "disabled")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
 _DEVICE = re.compile(r"(cpu|mps|cuda)(:\d+)?")
 
 
@@ -55,12 +56,36 @@ def check_config(cfg: DictConfig) -> None:
     integer(bench.get("batch_size", 1), "benchmark.batch_size", minimum=1)
     integer(search.get("limit"), "search.limit", minimum=1, optional=True)
     integer(search.get("batch_size", 1), "search.batch_size", minimum=1)
+    if not isinstance(search.get("early_stop", False), bool):
+        raise ConfigError(f"search.early_stop must be true or false, got {search.get('early_stop')!r}")
+    mib = search.get("prefix_cache_mib", 0)
+    if isinstance(mib, bool) or not isinstance(mib, (int, float)) or not mib >= 0:
+        raise ConfigError(f"search.prefix_cache_mib must be a number of MiB >= 0 (0: off), got {mib!r}")
     integer(flops.get("vision_tokens"), "flops.vision_tokens", minimum=1, optional=True)
     integer(flops.get("text_tokens", 0), "flops.text_tokens", minimum=0)
     if cfg.logger.mode not in LOGGER_MODES:
         raise ConfigError(f"logger.mode must be one of {LOGGER_MODES}, got {cfg.logger.mode!r}")
     if cfg.run.mode != "flops":
         check_device(cfg.run.device)
+        check_attention(cfg.model, str(cfg.run.device))
+
+
+def check_attention(model: DictConfig, device: str) -> None:
+    """``model.attn_implementation`` is one the engine supports, and FlashAttention-2 has what it needs: the
+    ``flash-attn`` package, a CUDA device and a half-precision ``model.dtype``."""
+    implementation = model.get("attn_implementation", "sdpa")
+    if implementation not in ATTENTION:
+        raise ConfigError(f"model.attn_implementation must be one of {ATTENTION}, got {implementation!r}")
+    if implementation != "flash_attention_2":
+        return
+    from transformers.utils import is_flash_attn_2_available
+
+    if not is_flash_attn_2_available() or not device.startswith("cuda"):
+        raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA GPU "
+                          "(pip install flash-attn --no-build-isolation; run.device=cuda); here use sdpa")
+    if model.get("dtype") not in ("bfloat16", "float16"):
+        raise ConfigError(f"model.attn_implementation=flash_attention_2 runs in bfloat16 or float16, not "
+                          f"model.dtype={model.get('dtype')}")
 
 
 def check_writable_dir(path, what: str) -> Path:

@@ -40,6 +40,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Stopwatch:
+    """Seconds of GPU work between ``start()`` and ``stop()``: CUDA events on a CUDA device (what the stream
+    executed, without host overhead after the last launch), ``time.perf_counter`` elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def start(self) -> None:
+        if self.cuda:
+            self._begin = torch.cuda.Event(enable_timing=True)
+            self._begin.record()
+        else:
+            self._begin = time.perf_counter()
+
+    def stop(self) -> float:
+        if not self.cuda:
+            return time.perf_counter() - self._begin
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return self._begin.elapsed_time(end) / 1000
+
+
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inputs: dict, vision_mask: torch.Tensor,
                     max_new_tokens: int, eos_token_ids: set[int], keep_logits: bool = False,
@@ -81,15 +105,15 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         resume = getattr(ctx, "resume", None)
         if resume is not None:
             inputs = {"inputs_embeds": resume.embeddings, "attention_mask": attention_mask}
+        clock = _Stopwatch(device)
         _sync(device)
-        start = time.perf_counter()
+        clock.start()
         out = model(**inputs, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
         next_token = out.logits[:, -1].argmax(-1)
         if keep_logits:
             step_logits.append(out.logits[:, -1].float().clone())
-        _sync(device)
-        prefill_seconds = time.perf_counter() - start
+        prefill_seconds = clock.stop()
         kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         eos = torch.tensor(sorted(eos_token_ids), device=device)
         for step in range(max_new_tokens):
@@ -104,15 +128,14 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-            start = time.perf_counter()
+            clock.start()
             out = model(input_ids=next_token.unsqueeze(-1), attention_mask=attention_mask,
                         position_ids=(lengths + step).unsqueeze(-1), past_key_values=cache, use_cache=True,
                         cache_position=torch.tensor([prompt_len + step], device=device), logits_to_keep=1)
             next_token = out.logits[:, -1].argmax(-1)
             if keep_logits:
                 step_logits.append(out.logits[:, -1].float().clone())
-            _sync(device)
-            decode_seconds.append(time.perf_counter() - start)
+            decode_seconds.append(clock.stop())
     if ctx is None:
         return GenerationOutput(tokens, prefill_seconds, decode_seconds, kv_cache_bytes=kv_bytes,
                                 step_logits=step_logits, ended=ended)

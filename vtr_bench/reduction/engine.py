@@ -29,10 +29,10 @@ from vtr_bench.errors import ConfigError
 from vtr_bench.reduction.prefix import PrefixSnapshot, PrefixStore, record_depths
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import Scorer, ScoringInputs
-from vtr_bench.reduction.sequence import SequenceState, attention_mask_4d, reduce_sequence
+from vtr_bench.reduction.sequence import SequenceState, layer_mask, reduce_sequence
 
 POSITION_POLICIES = ("keep", "renumber")
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
 
 class ReductionContext:
@@ -108,7 +108,7 @@ class ReductionEngine:
         schedule: per-layer keep ratios; its length must equal ``len(layers)``.
         scorer: decides what reducing layers keep and merge (may be None for a schedule that never drops).
         positions: ``"keep"`` (kept tokens keep their RoPE positions) or ``"renumber"`` (contiguous).
-        attn_implementation: the model's attention implementation, ``"sdpa"`` or ``"eager"``.
+        attn_implementation: the model's attention implementation: ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``.
     """
 
     def __init__(self, layers: Sequence[nn.Module], rotary_emb: nn.Module, schedule: KeepSchedule,
@@ -129,7 +129,7 @@ class ReductionEngine:
         self.schedule = schedule
         self.scorer = scorer
         self.positions = positions
-        self.boolean_masks = attn_implementation == "sdpa"
+        self.attn_implementation = attn_implementation
         self._handles: list = []
         self._ctx: ReductionContext | None = None
 
@@ -334,11 +334,8 @@ class ReductionEngine:
         return keys if keys.shape[2] == seq else None
 
     def _overrides(self, state: SequenceState, hidden: torch.Tensor, query_len: int) -> dict:
-        mask = None
-        if not (self.boolean_masks and state.all_valid):
-            mask = attention_mask_4d(state.valid, query_len, hidden.dtype, self.boolean_masks)
         return {
-            "attention_mask": mask,
+            "attention_mask": layer_mask(state.valid, query_len, hidden.dtype, self.attn_implementation),
             "position_ids": state.position_ids,
             "position_embeddings": (state.cos, state.sin),
             "cache_position": torch.arange(hidden.shape[1], device=hidden.device),
@@ -353,8 +350,7 @@ class ReductionEngine:
         if key not in cache:
             decoded = torch.ones(prefix.shape[0], ctx.calls - 1, dtype=torch.bool, device=prefix.device)
             valid = torch.cat([prefix, decoded], dim=1)
-            cache[key] = None if (self.boolean_masks and bool(valid.all())) else \
-                attention_mask_4d(valid, 1, hidden.dtype, self.boolean_masks)
+            cache[key] = layer_mask(valid, 1, hidden.dtype, self.attn_implementation)
         overrides = {"attention_mask": cache[key]}
         if self.positions == "renumber":
             shift = ctx.layer_shift[index]

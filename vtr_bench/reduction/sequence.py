@@ -172,3 +172,20 @@ def attention_mask_4d(valid: torch.Tensor, query_len: int, dtype: torch.dtype, b
     if boolean:
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def layer_mask(valid: torch.Tensor, query_len: int, dtype: torch.dtype, implementation: str) -> torch.Tensor | None:
+    """The attention mask a reduced layer gets for the last ``query_len`` of the keys ``valid`` (batch, keys), in
+    the form its attention implementation reads.
+
+    ``flash_attention_2``: the 2-D padding mask itself (FA2 unpads by it; causal within a row is its own). It is
+    given even when every key is valid: without a mask, transformers' FA2 path reads position ids that are not
+    contiguous (kept tokens at their original positions) as packed sequences. ``sdpa``: None when every key is
+    valid (the causal kernel), else SDPA's boolean 4-D mask; ``eager``: the additive 4-D mask.
+    """
+    if implementation == "flash_attention_2":
+        return valid
+    if implementation == "sdpa" and bool(valid.all()):
+        return None
+    return attention_mask_4d(valid, query_len, dtype, implementation == "sdpa")
+
