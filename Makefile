@@ -13,7 +13,7 @@ BUDGETS ?= 0.5,0.3,0.125
 TASKS ?=
 SWEEP_ARGS = model=$(MODEL) benchmark=$(BENCH) $(if $(TASKS),benchmark.tasks=[$(TASKS)])
 
-.PHONY: help install run test flops sweep bench bench-search report wandb-sync tiny-models tiny-tables clean
+.PHONY: help install run test flops sweep bench bench-search device-check report wandb-sync tiny-models tiny-tables clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench: $(STAMP)  ## efficiency benchmark on the synthetic CPU model -> benchmark
 
 bench-search: $(STAMP)  ## search cost, each speed-up off / on (tiny_llava, 50 samples) -> benchmarks/results/search.{json,md}
 	OMP_NUM_THREADS=1 $(PY) -m vtr_bench.bench_search --model $(MODEL) --out benchmarks/results $(ARGS)
+
+device-check: $(STAMP)  ## GPU slot: engine checks + benchmark on 7B/8B shapes, bf16 -> benchmarks/results/gpu/ (off a GPU: small shapes)
+	PY=$(PY) recipes/device_check.sh $(ARGS)
 
 report: $(STAMP)  ## table + plots from the run directories -> runs/report/
 	$(PY) -m vtr_bench.report --runs runs --out runs/report $(ARGS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device check for a short GPU slot (one GPU, no hub, no weights; `python -m vtr_bench.device_check --help`):
 # engine checks and the efficiency benchmark on random decoders of the real LLaVA-1.5-7B / InternVL2-8B shapes in
-# bfloat16, SDPA and (if flash-attn imports) FlashAttention-2, batch 1 and 8 -> benchmarks/results/gpu/.
+# bfloat16, SDPA and (if flash-attn imports) FlashAttention-2, batch 1 and 8 -> benchmarks/results/gpu/
+# (small shapes: benchmarks/results/device_check_small/).
 # Budgeted to a few minutes on an H100/H200; off a GPU it runs small shapes (tests/test_device_check.py).
 #
 #   recipes/device_check.sh [--out DIR] [--small] [--reps N] [--models llava15_7b internvl2]

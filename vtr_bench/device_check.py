@@ -17,7 +17,7 @@ Everything goes to ``--out`` (``device_check.json``, ``device_check.md``). Witho
 shapes (``--small``, still bfloat16 by default): a test runs it so, so that it cannot rot.
 
     recipes/device_check.sh                       # on the GPU machine: benchmarks/results/gpu/
-    recipes/device_check.sh --small --out /tmp/dc  # anywhere, in seconds
+    recipes/device_check.sh --small --out /tmp/dc  # anywhere, in seconds (default out: .../device_check_small)
 """
 from __future__ import annotations
 
@@ -212,7 +212,8 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recipes/device_check.sh", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="benchmarks/results/gpu")
+    parser.add_argument("--out", default=None,
+                        help="default: benchmarks/results/gpu (small shapes: benchmarks/results/device_check_small)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--small", action="store_true", help="small shapes (default off a GPU)")
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     except VtrError as error:
         print(f"vtr_bench: error: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out or ("benchmarks/results/device_check_small" if small else "benchmarks/results/gpu"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "device_check.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out / "device_check.md").write_text(markdown(report))
