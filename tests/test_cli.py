@@ -28,21 +28,34 @@ def assert_one_clear_error(result, expected):
 @pytest.mark.parametrize("overrides, expected", [
     (["model=nope"], "Could not find 'model/nope'"),
     (["method=nope"], "Could not find 'method/nope'"),
-    (["budget=0", "method=fastv"], "vtr_bench: error: budget must be in (0, 1]"),
-    (["budget=1.5", "method=fastv"], "vtr_bench: error: budget must be in (0, 1]"),
-    (["budget=abc", "method=fastv"], "vtr_bench: error: budget must be a number in (0, 1], got 'abc'"),
-    (["method=full", "budget=0.5"], "vtr_bench: error: method 'full' takes no budget"),
-    (["method=schedule", "method.ratios=[1,0.5,0.7,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]"],
-     "vtr_bench: error: keep schedule must be non-increasing with depth: layer 2 keeps 0.7 > layer 1 keeps 0.5"),
-    (["model=llava15_7b"], "vtr_bench: error: llava-hf/llava-1.5-7b-hf is not in the local HF cache"),
-    (["model.path=/nonexistent/ckpt"], "vtr_bench: error: model.path /nonexistent/ckpt has no config.json"),
     (["benchmark=nope"], "Could not find 'benchmark/nope'"),
-    (["benchmark.tasks=[no_such_task]", "benchmark.limit=2"],
-     "vtr_bench: error: lmms-eval does not know task(s) ['no_such_task']"),
-    (["method=fastv", "budget=0.1"], "vtr_bench: error: budget 0.1 is unreachable with k=2 on a 12-layer decoder"),
+    (["budget=abc", "method=fastv"], "vtr_bench: error: budget must be a number in (0, 1], got 'abc'"),
+    (["model=llava15_7b"], "vtr_bench: error: llava-hf/llava-1.5-7b-hf is not in the local HF cache"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, overrides, expected):
     assert_one_clear_error(run_cli(*overrides, out_dir=tmp_path), expected)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["budget=0", "method=fastv"], "budget must be in (0, 1]"),
+    (["budget=1.5", "method=fastv"], "budget must be in (0, 1]"),
+    (["method=full", "budget=0.5"], "method 'full' takes no budget"),
+    (["method=schedule", "method.ratios=[1,0.5,0.7,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5]"],
+     "keep schedule must be non-increasing with depth: layer 2 keeps 0.7 > layer 1 keeps 0.5"),
+    (["model.path=/nonexistent/ckpt"], "model.path /nonexistent/ckpt has no config.json"),
+    (["benchmark.tasks=[no_such_task]", "benchmark.limit=2"], "lmms-eval does not know task(s) ['no_such_task']"),
+    (["method=fastv", "budget=0.1"], "budget 0.1 is unreachable with k=2 on a 12-layer decoder"),
+])
+def test_bad_input_is_one_error_before_the_work(tmp_path, overrides, expected):
+    """What the CLI runs (:func:`vtr_bench.run.run`) in this process; the CLI prints such an error as one line."""
+    from test_search import compose_config
+    from vtr_bench.errors import VtrError
+    from vtr_bench.run import run
+
+    with pytest.raises(VtrError) as error:
+        run(compose_config(f"run.out_dir={tmp_path / 'runs'}", f"run.cache_dir={tmp_path / 'cache'}", *overrides))
+    assert expected in str(error.value) and "\n" not in str(error.value)
+    assert not list((tmp_path / "runs").rglob("results.json"))
 
 
 def test_flops_mode_runs_without_weights(tmp_path):

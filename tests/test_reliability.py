@@ -190,7 +190,7 @@ def test_9_an_out_dir_with_non_ascii_characters(guarded):
 
 # --- 10-12: one line instead of a traceback -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, expected", [
+BAD_VALUES = [
     (["benchmark.limit=0"], "benchmark.limit must be >= 1, got 0"),
     (["benchmark.limit=-1"], "benchmark.limit must be >= 1, got -1"),
     (["benchmark.limit=abc"], "benchmark.limit must be an integer or null, got 'abc'"),
@@ -206,10 +206,26 @@ def test_9_an_out_dir_with_non_ascii_characters(guarded):
     (["run.device=cuda:7"], "run.device=cuda:7, but this machine has no CUDA device"),
     (["run.device=tpu9"], "run.device must be cpu, cuda, cuda:N or mps, got 'tpu9'"),
     (["logger.mode=bogus"], "logger.mode must be one of"),
-])
-def test_10_values_are_validated_up_front(guarded, overrides, expected):
+]
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_VALUES)
+def test_10_values_are_validated_up_front(tmp_path, overrides, expected):
+    """What the CLI runs (:func:`vtr_bench.run.run`), in this process: the error comes before any file is written."""
+    from test_search import compose_config
+    from vtr_bench.errors import ConfigError
+    from vtr_bench.run import run
+
     if "cuda" in overrides[0] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    out = tmp_path / "runs"
+    with pytest.raises(ConfigError) as error:
+        run(compose_config(f"run.out_dir={out}", f"run.cache_dir={out}/cache", *overrides))
+    assert expected in str(error.value) and not out.exists()
+
+
+@pytest.mark.parametrize("overrides, expected", [BAD_VALUES[3], BAD_VALUES[9]])
+def test_10_the_cli_says_it_in_one_line(guarded, overrides, expected):
     work, out = guarded
     assert_one_clear_error(cli(work, out, *overrides), f"vtr_bench: error: {expected}")
 

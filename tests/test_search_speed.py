@@ -179,3 +179,17 @@ def test_speed_up_settings_are_checked_up_front(override, expected):
     with pytest.raises(ConfigError) as error:
         check_config(compose_config("method=gsearch", override))
     assert str(error.value) == expected
+
+
+def test_psigmoid_with_prefix_reuse_follows_the_same_trajectory(trained, task_cache, tmp_path):
+    from vtr_bench.methods import PSigmoid
+
+    results = []
+    for name, mib in (("plain", 0), ("prefix", 64)):
+        method = PSigmoid(n_calls=3, n_initial_points=2)
+        results.append(method.search(12, 0.3, objective(trained, task_cache, tmp_path / name, batch_size=8,
+                                                        early_stop=True, prefix_cache_mib=mib), seed=0))
+    plain, fast = results
+    assert fast.params["bo_points"] == plain.params["bo_points"]
+    assert fast.params["bo_values"] == plain.params["bo_values"]
+    assert fast.schedule == plain.schedule and fast.history == plain.history
