@@ -66,3 +66,9 @@ def tiny_llava():
 def pixel_values():
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, 3, 16, 16, generator=g)
+
+
+@pytest.fixture(scope="module")
+def task_cache(tmp_path_factory):
+    """A folder for generated task data (the bundled shapes tasks), one per test module."""
+    return tmp_path_factory.mktemp("tasks")

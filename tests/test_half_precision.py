@@ -6,13 +6,12 @@
   is a near-tie (a score gap up to ``MARGIN``), and last-token logits within ``ATOL`` when every cut is clear;
 - the scorers' attention rows are float32 whatever the model dtype.
 """
-import copy
-
 import pytest
 import torch
 
 import test_engine
 from conftest import left_pad, make_prompt, make_random_llava
+from vtr_bench.device_check import float32_attention
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import LastTokenAttention, ScoringInputs, attention_rows
@@ -43,19 +42,8 @@ def test_keep_all_is_bit_for_bit_the_unmodified_model(half, pixel_values):
 
 
 def _float32_oracle(adapter, layer_index, hidden, cos, sin):
-    """HF's eager attention weights of a float32 copy of the layer (half weights upcast exactly): the ranking
-    oracle in half precision (HF's own half eager weights are rounded to the dtype, which ties many tokens)."""
-    layer = copy.deepcopy(adapter.decoder_layers[layer_index]).float()
-    config = layer.self_attn.config
-    previous, config._attn_implementation = config._attn_implementation, "eager"
-    try:
-        seq = hidden.shape[1]
-        causal = torch.full((seq, seq), torch.finfo(torch.float32).min).triu(1)[None, None]
-        _, weights = layer.self_attn(hidden_states=layer.input_layernorm(hidden.float()),
-                                     position_embeddings=(cos.float(), sin.float()), attention_mask=causal)
-    finally:
-        config._attn_implementation = previous
-    return weights.mean(1)[0]
+    """The ranking oracle in half precision: HF's eager attention of a float32 copy of the layer."""
+    return float32_attention(adapter.decoder_layers[layer_index], hidden, cos, sin)
 
 
 @pytest.mark.parametrize("positions", ["keep", "renumber"])

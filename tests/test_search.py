@@ -28,11 +28,6 @@ def adapter():
     return load_adapter(compose_config("model=tiny_random_llava").model)
 
 
-@pytest.fixture(scope="module")
-def task_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("tasks")
-
-
 def make_objective(adapter, task_cache, cache_dir, scorer=None, positions="keep", trace_path=None):
     return ModelObjective(adapter, scorer or LastTokenAttention(-1), "shapes_search", local="shapes",
                           task_cache_dir=task_cache, cache_dir=cache_dir, limit=1, metric="exact_match",

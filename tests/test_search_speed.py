@@ -28,11 +28,6 @@ def trained():
     return load_adapter(compose_config("model=tiny_llava").model)
 
 
-@pytest.fixture(scope="module")
-def task_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("tasks")
-
-
 def objective(adapter, task_cache, cache_dir, **speed):
     return ModelObjective(adapter, LastTokenAttention(-1), "shapes_search", local="shapes", task_cache_dir=task_cache,
                           cache_dir=cache_dir, limit=SAMPLES, metric="exact_match",

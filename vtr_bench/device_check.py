@@ -45,8 +45,10 @@ RTOL = 2e-2  # last-token logits, relative to their largest magnitude (bf16 keep
 PROMPTS = 3
 
 
-def _oracle(layer, hidden, cos, sin) -> torch.Tensor:
-    """Head-averaged attention of the last token over every key: HF's eager attention of a float32 copy."""
+def float32_attention(layer, hidden, cos, sin) -> torch.Tensor:
+    """Head-averaged causal attention (queries, keys) of batch-1 ``hidden`` in decoder ``layer``: HF's eager
+    attention of a float32 copy of the layer (half weights upcast exactly; HF's own half-precision eager weights
+    are rounded to the dtype, which ties many tokens). The ranking oracle of the half-precision references."""
     layer = copy.deepcopy(layer).float()
     config = layer.self_attn.config
     previous, config._attn_implementation = config._attn_implementation, "eager"
@@ -57,7 +59,7 @@ def _oracle(layer, hidden, cos, sin) -> torch.Tensor:
                                      position_embeddings=(cos.float(), sin.float()), attention_mask=causal)
     finally:
         config._attn_implementation = previous
-    return weights.mean(1)[0, -1]
+    return weights.mean(1)[0]
 
 
 @torch.no_grad()
@@ -73,7 +75,7 @@ def reference_prefill(decoder, embeds, vision, schedule, source_offset: int, pos
         if counts[layer_index] < int(is_vision.sum()):
             source = hidden if source_offset == 0 or previous is None else previous
             cos, sin = lm.rotary_emb(source, pos)
-            scores = _oracle(lm.layers[max(layer_index + source_offset, 0)], source, cos, sin)
+            scores = float32_attention(lm.layers[max(layer_index + source_offset, 0)], source, cos, sin)[-1]
             vis = is_vision.nonzero().flatten()
             ranked = scores[vis].sort(descending=True, stable=True)
             n = counts[layer_index]

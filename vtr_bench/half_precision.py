@@ -50,39 +50,37 @@ def answers(adapter, samples, schedule, scorer, positions: str, batch_size: int 
     return out
 
 
-def agreement(model: str, dtype: str, limit: int, settings=SETTINGS, cache_dir=None) -> list[dict]:
+def agreement(model: str, dtype: str, limit: int, settings=SETTINGS) -> list[dict]:
     """One row per setting: answers agreeing between float32 and ``dtype``, and both accuracies."""
     from hydra import compose, initialize_config_dir
 
     from vtr_bench.bench import DTYPES
     from vtr_bench.models.loader import load_adapter
-    from vtr_bench.search.data import load_search_samples
+    from vtr_bench.search.data import load_search_samples, search_task
 
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=[f"model={model}"])
-    with tempfile.TemporaryDirectory() as scratch:
-        _, samples = load_search_samples("shapes", "shapes", cache_dir or scratch, limit)
-        from lmms_eval.tasks import get_task_dict
-
-        from vtr_bench.eval.evaluate import task_manager
-
-        docs = get_task_dict(["shapes"], task_manager(["shapes"], "shapes", cache_dir or scratch))["shapes"].eval_docs
-        targets = [str(docs[i]["answer"]) for i in range(len(samples))]
     adapter = load_adapter(cfg.model)
     layers = len(adapter.decoder_layers)
     rows = []
-    for name, budget, overrides in settings:
-        method, positions = _method(name, overrides)
-        schedule, scorer = method.build(layers, budget)
-        adapter.model.to(torch.float32)
-        reference = answers(adapter, samples, schedule, scorer, positions)
-        adapter.model.to(DTYPES[dtype])
-        half = answers(adapter, samples, schedule, scorer, positions)
-        rows.append({"model": model, "method": name, "budget": budget, "params": overrides, "dtype": dtype,
-                     "questions": len(samples), "agreement": sum(a == b for a, b in zip(reference, half)) / len(half),
-                     "accuracy_float32": _accuracy(reference, targets), f"accuracy_{dtype}": _accuracy(half, targets)})
-        print(f"vtr_bench: {model} {name} {budget}: agreement {rows[-1]['agreement']:.3f}", file=sys.stderr,
-              flush=True)
+    with tempfile.TemporaryDirectory() as scratch:  # the generated task data, for as long as the samples are read
+        task = search_task("shapes", "shapes", scratch)
+        _, samples = load_search_samples("shapes", "shapes", scratch, limit, task)
+        targets = [str(task.eval_docs[i]["answer"]) for i in range(len(samples))]
+        for name, budget, overrides in settings:
+            method, positions = _method(name, overrides)
+            schedule, scorer = method.build(layers, budget)
+            adapter.model.to(torch.float32)
+            reference = answers(adapter, samples, schedule, scorer, positions)
+            adapter.model.to(DTYPES[dtype])
+            half = answers(adapter, samples, schedule, scorer, positions)
+            rows.append({"model": model, "method": name, "budget": budget, "params": overrides, "dtype": dtype,
+                         "questions": len(samples),
+                         "agreement": sum(a == b for a, b in zip(reference, half)) / len(half),
+                         "accuracy_float32": _accuracy(reference, targets),
+                         f"accuracy_{dtype}": _accuracy(half, targets)})
+            print(f"vtr_bench: {model} {name} {budget}: agreement {rows[-1]['agreement']:.3f}", file=sys.stderr,
+                  flush=True)
     return rows
 
 

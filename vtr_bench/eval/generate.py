@@ -46,7 +46,6 @@ class _Stopwatch:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.device = device
 
     def start(self) -> None:
         if self.cuda:

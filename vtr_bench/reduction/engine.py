@@ -173,9 +173,9 @@ class ReductionEngine:
             if ctx.resume is not None and tuple(ctx.resume.embeddings.shape[:2]) != tuple(vision_mask.shape):
                 raise RuntimeError(f"prefix snapshot of batch {batch!r} is for inputs of shape "
                                    f"{tuple(ctx.resume.embeddings.shape[:2])}, not {tuple(vision_mask.shape)}")
-            start = ctx.resume.depth if ctx.resume is not None else -1
-            ctx.record = {d for d in record_depths(ctx.keep, ctx.n_vision) if d > start}
-            for index in range(ctx.resume.depth if ctx.resume is not None else 0):
+            depth = ctx.resume.depth if ctx.resume is not None else -1  # -1: nothing to resume
+            ctx.record = {d for d in record_depths(ctx.keep, ctx.n_vision) if d > depth}
+            for index in range(max(depth, 0)):
                 self.layers[index].forward = self._replay(index, ctx.resume)
         self._ctx = ctx
         try:

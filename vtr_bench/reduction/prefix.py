@@ -76,8 +76,6 @@ class PrefixStore:
         self.bytes = 0
         self.evaluation = 0
         self._items: dict[tuple, tuple[int, PrefixSnapshot]] = {}  # key -> (evaluation, snapshot), oldest first
-        self.hits = 0
-        self.misses = 0
 
     @staticmethod
     def _key(batch, depth: int, keep: torch.Tensor) -> tuple:
@@ -92,9 +90,7 @@ class PrefixStore:
         for depth in range(keep.shape[1] - 1, -1, -1):
             item = self._items.get(self._key(batch, depth, keep))
             if item is not None:
-                self.hits += 1
                 return item[1]
-        self.misses += 1
         return None
 
     def put(self, batch, keep: torch.Tensor, snapshot: PrefixSnapshot) -> bool:

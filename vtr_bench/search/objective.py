@@ -261,7 +261,7 @@ class ModelObjective(CachedObjective):
                  batch_size: int = 1, seed: int = 0, trace_path: str | Path | None = None,
                  show_progress: bool = False, early_stop: bool = False, prefix_cache_mib: float = 0) -> None:
         from vtr_bench.eval.task_files import tasks_digest
-        from vtr_bench.search.data import load_search_samples
+        from vtr_bench.search.data import load_search_samples, search_task
 
         super().__init__(cache_dir, trace_path)
         self.adapter, self.scorer, self.task, self.local = adapter, scorer, task, local
@@ -272,11 +272,12 @@ class ModelObjective(CachedObjective):
         self.store = PrefixStore(prefix_cache_mib) if prefix_cache_mib and float(prefix_cache_mib) > 0 else None
         self._scoring = None  # the lmms-eval Task that scores single answers (early stop)
         if self.stops_early:
+            self._scoring = search_task(task, local, task_cache_dir)
             problem = self._early_stop_problem()
             if problem:
                 print(f"vtr_bench: warning: search.early_stop is off: {problem}", file=sys.stderr)
                 self.stops_early = False
-        split, samples = load_search_samples(task, local, task_cache_dir, limit)
+        split, samples = load_search_samples(task, local, task_cache_dir, limit, self._scoring)
         self.vision_token_counts = sorted({int(adapter.vision_mask(adapter.prepare([image], [question])["input_ids"])
                                                .sum()) for image, question in samples})
         self.layers = len(adapter.decoder_layers)
@@ -332,23 +333,15 @@ class ModelObjective(CachedObjective):
                 "layer_forwards": forwards}
 
     def _early_stop_problem(self) -> str | None:
-        """Why single answers of the search task cannot decide early (None: they can; the task that scores them
-        is kept): the metric must be the mean of per-sample values and the task must not filter answers."""
+        """Why single answers of the search task cannot decide early (None: they can): the metric must be the
+        mean of per-sample values and the task must not filter answers."""
         from lmms_eval.api.registry import get_aggregation
-        from lmms_eval.api.task import Task
-        from lmms_eval.tasks import get_task_dict
 
-        from vtr_bench.eval.evaluate import task_manager
-
-        task = get_task_dict([self.task], task_manager([self.task], self.local, self.task_cache_dir)).get(self.task)
-        if not isinstance(task, Task):
-            return f"{self.task} is not a single task"
-        aggregation = task.aggregation().get(self.metric)
-        if aggregation is not get_aggregation("mean"):
+        task = self._scoring
+        if task.aggregation().get(self.metric) is not get_aggregation("mean"):
             return f"{self.task}'s {self.metric} is not aggregated by the mean over samples"
         if task.config.filter_list is not None:
             return f"{self.task} filters its answers before scoring them"
-        self._scoring = task
         return None
 
 
