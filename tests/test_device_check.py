@@ -28,3 +28,11 @@ def test_device_check_runs_on_small_shapes_and_writes_its_report(tmp_path):
     fastv = {r["budget"]: r for r in rows if r["method"] == "fastv"}
     assert set(fastv) == {0.333, 0.222, 0.111} and fastv[0.111]["kv_cache_mib"] < fastv[0.333]["kv_cache_mib"]
     assert "keep-all hooks bit for bit" in (tmp_path / "device_check.md").read_text()
+
+
+def test_an_unknown_model_shape_is_one_line(tmp_path, capsys):
+    from vtr_bench.device_check import main
+
+    assert main(["--models", "nope", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "vtr_bench: error: --models ['nope']: no conf/model config with dims"
+    assert not list(tmp_path.iterdir())

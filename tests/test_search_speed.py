@@ -188,3 +188,14 @@ def test_psigmoid_with_prefix_reuse_follows_the_same_trajectory(trained, task_ca
     assert fast.params["bo_points"] == plain.params["bo_points"]
     assert fast.params["bo_values"] == plain.params["bo_values"]
     assert fast.schedule == plain.schedule and fast.history == plain.history
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("search.limit=abc", "vtr_bench: error: search.limit must be an integer or null, got 'abc'"),
+    ("search.nope=1", "vtr_bench: error: Could not override 'search.nope'."),
+])
+def test_bench_search_rejects_bad_overrides_in_one_line(tmp_path, capsys, override, expected):
+    from vtr_bench.bench_search import main
+
+    assert main(["--out", str(tmp_path / "out"), override]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected and not (tmp_path / "out").exists()

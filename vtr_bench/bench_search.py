@@ -138,13 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. search.limit=20")
     args = parser.parse_args(argv)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vtr_bench.checks import check_config
+
     try:
-        defaults = _compose(args.model, "gsearch", args.overrides).search
+        for method in ("gsearch", "psigmoid"):  # both configs' values, before the model loads
+            cfg = _compose(args.model, method, [*args.overrides, *([f"budget={args.budget}"] * (method != "gsearch"))])
+            check_config(cfg)
+        defaults = cfg.search
         report = run_benchmark(args.model, args.budget, args.batch_size or int(defaults.batch_size),
                                args.prefix_mib if args.prefix_mib is not None else float(defaults.prefix_cache_mib),
                                args.overrides)
-    except VtrError as error:
-        print(f"vtr_bench: error: {error}", file=sys.stderr)
+    except (VtrError, HydraException, OmegaConfBaseException) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"vtr_bench: error: {first}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

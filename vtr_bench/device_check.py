@@ -217,13 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None,
                         help="default: benchmarks/results/gpu (small shapes: benchmarks/results/device_check_small)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--small", action="store_true", help="small shapes (default off a GPU)")
     parser.add_argument("--reps", type=int, default=None, help="default: 5 on a GPU, 1 with small shapes")
     parser.add_argument("--warmup", type=int, default=None, help="default: 2 on a GPU, 0 with small shapes")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     args = parser.parse_args(argv)
+    unknown = [m for m in args.models if not (CONF / "model" / f"{m}.yaml").is_file()
+               or "dims" not in OmegaConf.load(CONF / "model" / f"{m}.yaml")]
+    if unknown:
+        print(f"vtr_bench: error: --models {unknown}: no conf/model config with dims", file=sys.stderr)
+        return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     small = args.small or not device.startswith("cuda")
     reps = args.reps if args.reps is not None else (1 if small else 5)
