@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vtr_bench.reduction.decoder import Decoder
 from vtr_bench.reduction.engine import ReductionEngine
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import Scorer
@@ -72,9 +73,14 @@ class VLMAdapter:
         """True at the vision-token positions of ``input_ids``."""
         return input_ids == self.image_token_id
 
+    @property
+    def decoder(self) -> Decoder:
+        """The decoder family's positions, RoPE and attention rows (1-D RoPE here)."""
+        return Decoder(self.language_model.rotary_emb)
+
     def engine(self, schedule: KeepSchedule, scorer: Scorer | None, positions: str = "keep") -> ReductionEngine:
         """A reduction engine over this model's decoder layers."""
-        return ReductionEngine(self.decoder_layers, self.language_model.rotary_emb, schedule, scorer,
+        return ReductionEngine(self.decoder_layers, self.decoder, schedule, scorer,
                                positions=positions, attn_implementation=self.text_config._attn_implementation)
 
     def prepare(self, images: list, questions: list[str]) -> dict:

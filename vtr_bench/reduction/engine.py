@@ -2,7 +2,7 @@
 
 Usage::
 
-    engine = ReductionEngine(layers, rotary_emb, schedule, scorer, positions="keep")
+    engine = ReductionEngine(layers, decoder, schedule, scorer, positions="keep")
     with engine.attached():                      # hooks installed on these layer instances only
         with engine.request(vision_mask, attention_mask) as ctx:
             model(...)                           # prefill: layers drop vision tokens per the schedule
@@ -15,7 +15,9 @@ scorer says which to keep and which groups to merge into their mean (a merged to
 and one step gathers hidden states / positions / cos-sin / mask with the same indices
 (:func:`vtr_bench.reduction.sequence.reduce_sequence`), handing every later layer the reduced sequence; its KV
 cache is then shorter. During decoding each layer gets an attention mask sized to its own cache and, with
-``positions="renumber"``, its own RoPE positions.
+``positions="renumber"``, its own RoPE positions. Positions and RoPE go through the decoder family's
+:class:`~vtr_bench.reduction.decoder.Decoder` (1-D RoPE, or a family's own in ``models/``); the positions each
+forward uses are read where the decoder's rotary module receives them (a pre-hook on it).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from vtr_bench.errors import ConfigError
+from vtr_bench.reduction.decoder import Decoder
 from vtr_bench.reduction.prefix import PrefixSnapshot, PrefixStore, record_depths
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import Scorer, ScoringInputs
@@ -77,6 +80,8 @@ class ReductionContext:
         self.resume: PrefixSnapshot | None = None
         self.record: set[int] = set()
         self.previous: torch.Tensor | None = None  # the hidden states the last prefill layer received
+        self.rope_ids: torch.Tensor | None = None  # the position ids the rotary module got before the layers ran
+        self.forward_ids: torch.Tensor | None = None  # ... frozen for this forward (the engine calls it too)
         # decoder-layer forwards computed (x batch rows), and the prefill's token-layers (x rows x sequence length)
         self.layer_forwards = {"prefill": 0, "decode": 0, "prefill_tokens": 0}
 
@@ -103,15 +108,16 @@ class ReductionEngine:
     """Drops vision tokens inside the decoder of one model instance, following a keep schedule.
 
     Args:
-        layers: the decoder layers (Llama/Qwen2-style: ``input_layernorm``, ``self_attn.{q,k}_proj``).
-        rotary_emb: the decoder's rotary embedding module (``rotary_emb(x, position_ids) -> (cos, sin)``).
+        layers: the decoder layers (``input_layernorm``, ``self_attn.{q,k}_proj``).
+        decoder: the decoder family (:class:`~vtr_bench.reduction.decoder.Decoder`), or the decoder's rotary
+            embedding module (``rotary_emb(x, position_ids) -> (cos, sin)``) for a 1-D RoPE decoder.
         schedule: per-layer keep ratios; its length must equal ``len(layers)``.
         scorer: decides what reducing layers keep and merge (may be None for a schedule that never drops).
         positions: ``"keep"`` (kept tokens keep their RoPE positions) or ``"renumber"`` (contiguous).
         attn_implementation: the model's attention implementation: ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], rotary_emb: nn.Module, schedule: KeepSchedule,
+    def __init__(self, layers: Sequence[nn.Module], decoder: Decoder | nn.Module, schedule: KeepSchedule,
                  scorer: Scorer | None, positions: str = "keep", attn_implementation: str = "sdpa") -> None:
         if positions not in POSITION_POLICIES:
             raise ConfigError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
@@ -125,7 +131,7 @@ class ReductionEngine:
         if scorer is None and not schedule.is_full:
             raise ConfigError("a schedule that drops tokens needs a scorer")
         self.layers = list(layers)
-        self.rotary_emb = rotary_emb
+        self.decoder = decoder if isinstance(decoder, Decoder) else Decoder(decoder)
         self.schedule = schedule
         self.scorer = scorer
         self.positions = positions
@@ -142,6 +148,9 @@ class ReductionEngine:
             for index, layer in enumerate(self.layers):
                 hook = self._make_hook(index)
                 self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+            rotary = self.decoder.rotary_emb
+            if rotary is not None:
+                self._handles.append(rotary.register_forward_pre_hook(self._rope_hook))
             yield self
         finally:
             for handle in self._handles:
@@ -199,6 +208,10 @@ class ReductionEngine:
         for layer in self.layers:
             layer.__dict__.pop("forward", None)
 
+    def _rope_hook(self, module, args) -> None:
+        if self._ctx is not None and len(args) > 1:
+            self._ctx.rope_ids = args[1]
+
     def _make_hook(self, index: int):
         def hook(module, args, kwargs):
             ctx = self._ctx
@@ -236,21 +249,17 @@ class ReductionEngine:
     def _start_call(self, ctx: ReductionContext, hidden: torch.Tensor, kwargs: dict) -> None:
         ctx.calls += 1
         ctx._step_cache = {}
+        ctx.forward_ids, ctx.rope_ids = ctx.rope_ids, None
         if ctx.calls == 1:
             if hidden.shape[1] != ctx.vision_mask.shape[1]:
                 raise RuntimeError(
                     f"prefill sees {hidden.shape[1]} tokens but the request's vision mask has "
                     f"{ctx.vision_mask.shape[1]}"
                 )
-            cos, sin = kwargs["position_embeddings"]
-            position_ids = kwargs.get("position_ids")
-            if position_ids is None:
-                position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
             batch = hidden.shape[0]
-            ctx.state = SequenceState.initial(
-                ctx.vision_mask, ctx.attention_mask, position_ids.expand(batch, -1),
-                cos.expand(batch, -1, -1), sin.expand(batch, -1, -1),
-            )
+            cos, sin = self.decoder.token_embeddings(kwargs["position_embeddings"], batch)
+            ctx.state = SequenceState.initial(ctx.vision_mask, ctx.attention_mask,
+                                              self._positions(ctx, hidden, kwargs), cos, sin)
             ctx.prompt, ctx.prompt_hidden = ctx.state, hidden
             if ctx.trace is not None:
                 ctx.members = torch.eye(hidden.shape[1], device=hidden.device).expand(batch, -1, -1)
@@ -258,6 +267,14 @@ class ReductionEngine:
             ctx.current_shift = torch.zeros(batch, dtype=torch.long, device=hidden.device)
         elif hidden.shape[1] != 1:
             raise RuntimeError("after the prefill the engine supports single-token decode steps only")
+
+    def _positions(self, ctx: ReductionContext, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Canonical positions of this forward's tokens: what the rotary module received (else the layer's
+        ``position_ids``, else ``arange``)."""
+        position_ids = ctx.forward_ids if ctx.forward_ids is not None else kwargs.get("position_ids")
+        if position_ids is None:
+            position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        return self.decoder.positions(position_ids, hidden.shape[0])
 
     def _resume(self, ctx: ReductionContext, snapshot: PrefixSnapshot) -> torch.Tensor:
         """Put the request where ``snapshot`` was taken (entering its layer); returns the hidden states."""
@@ -288,8 +305,8 @@ class ReductionEngine:
             state, hidden = self._drop(ctx, index, hidden, cache)
             ctx.state = state
             ctx.current_counts = state.vision_counts()
-            if self.positions == "renumber":
-                ctx.current_shift = ctx.attention_mask.sum(-1) - state.valid.sum(-1)
+            if self.positions == "renumber":  # how much earlier than the prompt's the next position now is
+                ctx.current_shift = ctx.prompt.position_ids[:, -1] - state.position_ids[:, -1]
             ctx.prefill_overrides = self._overrides(state, hidden, query_len=hidden.shape[1])
         scorer = self.scorer
         if scorer is not None and scorer.needs_attention and scorer.source_offset == -1 \
@@ -308,7 +325,8 @@ class ReductionEngine:
         source_hidden = hidden if source == index or ctx.stash is None else ctx.stash
         inputs = ScoringInputs(index, self.layers[source], source_hidden, state, current=hidden, prompt=ctx.prompt,
                                prompt_hidden=ctx.prompt_hidden,
-                               keys=self._cached_keys(cache, source, hidden.shape[1]) if source < index else None)
+                               keys=self._cached_keys(cache, source, hidden.shape[1]) if source < index else None,
+                               decoder=self.decoder)
         reduction = self.scorer.reduce(inputs, ctx.keep[:, index])
         reduced, hidden = reduce_sequence(state, hidden, reduction)
         if ctx.trace is not None:
@@ -318,8 +336,8 @@ class ReductionEngine:
         state = reduced
         ctx.stash = None
         if self.positions == "renumber":
-            position_ids = (state.valid.long().cumsum(-1) - 1).clamp(min=0)
-            cos, sin = self.rotary_emb(hidden, position_ids)
+            position_ids = self.decoder.renumber(state.valid, state.is_vision, state.position_ids)
+            cos, sin = self.decoder.embed(hidden, position_ids)
             state.position_ids, state.cos, state.sin = position_ids, cos, sin
         return state, hidden
 
@@ -336,8 +354,8 @@ class ReductionEngine:
     def _overrides(self, state: SequenceState, hidden: torch.Tensor, query_len: int) -> dict:
         return {
             "attention_mask": layer_mask(state.valid, query_len, hidden.dtype, self.attn_implementation),
-            "position_ids": state.position_ids,
-            "position_embeddings": (state.cos, state.sin),
+            "position_ids": self.decoder.layer_position_ids(state.position_ids),
+            "position_embeddings": self.decoder.layer_embeddings(state.cos, state.sin),
             "cache_position": torch.arange(hidden.shape[1], device=hidden.device),
         }
 
@@ -356,7 +374,8 @@ class ReductionEngine:
             shift = ctx.layer_shift[index]
             key = ("rope", id(shift))
             if key not in cache:
-                position_ids = kwargs["position_ids"] - shift.unsqueeze(-1)
-                cache[key] = (position_ids, self.rotary_emb(hidden, position_ids))
+                position_ids = self._positions(ctx, hidden, kwargs) - shift.unsqueeze(1)
+                cache[key] = (self.decoder.layer_position_ids(position_ids),
+                              self.decoder.layer_embeddings(*self.decoder.embed(hidden, position_ids)))
             overrides["position_ids"], overrides["position_embeddings"] = cache[key]
         return overrides

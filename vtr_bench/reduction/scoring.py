@@ -3,16 +3,18 @@
 A scorer's :meth:`Scorer.reduce` returns a :class:`~vtr_bench.reduction.sequence.Reduction` (which vision tokens
 to keep, which to merge); by default it keeps the top-scoring ones. Attention-based scorers recompute only the
 attention rows they need from a decoder layer's own input norm, q/k projections and RoPE (O(rows x seq) work), so
-the model itself keeps running SDPA / FlashAttention (DESIGN §3).
+the model itself keeps running SDPA / FlashAttention (DESIGN §3); how a decoder family does that is its
+:class:`~vtr_bench.reduction.decoder.Decoder`'s business.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from vtr_bench.reduction.decoder import Decoder
 from vtr_bench.reduction.merging import density_peak_clusters, grid_cells, pooled_grid, recycling_sizes
 from vtr_bench.reduction.sequence import Reduction, SequenceState, select_vision
 
@@ -31,6 +33,7 @@ class ScoringInputs:
         prompt_hidden: the prefill's input to layer 0 (the input embeddings), in original slot order.
         keys: ``source_layer``'s RoPE'd keys of the current sequence (batch, kv_heads, seq, head_dim) when its KV
             cache already holds them (None: recomputed from ``hidden``).
+        decoder: the decoder family's attention and RoPE (:mod:`vtr_bench.reduction.decoder`).
     """
 
     layer_index: int
@@ -41,47 +44,23 @@ class ScoringInputs:
     prompt: SequenceState | None = None
     prompt_hidden: torch.Tensor | None = None
     keys: torch.Tensor | None = None
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    decoder: Decoder = field(default_factory=Decoder)
 
 
 def attention_rows(inputs: ScoringInputs, query_index: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities of some query rows of ``inputs.source_layer``, averaged over heads.
+    """Attention probabilities of some query rows of ``inputs.source_layer``, averaged over heads, as the
+    decoder family computes them (:meth:`~vtr_bench.reduction.decoder.Decoder.attention_rows`).
 
     Args:
-        inputs: the scoring inputs (a Llama/Qwen2-style decoder layer: ``input_layernorm``, ``self_attn.q_proj``,
-            ``k_proj``, ``head_dim``, ``scaling``).
+        inputs: the scoring inputs.
         query_index: (batch, queries) slot indices of the query rows.
 
     Returns:
         (batch, queries, seq) float32 attention probabilities (causal; invalid keys get 0).
     """
-    layer, state = inputs.source_layer, inputs.state
-    attn = layer.self_attn
-    head_dim = attn.head_dim
-    normed = layer.input_layernorm(inputs.hidden)
-    batch, seq, dim = normed.shape
-    queries = query_index.shape[1]
-    rows = normed.gather(1, query_index.unsqueeze(-1).expand(-1, -1, dim))
-    q = attn.q_proj(rows).view(batch, queries, -1, head_dim).transpose(1, 2).float()
-    cos, sin = state.cos.float().unsqueeze(1), state.sin.float().unsqueeze(1)
-    q_cos = cos.gather(2, query_index[:, None, :, None].expand(-1, 1, -1, head_dim))
-    q_sin = sin.gather(2, query_index[:, None, :, None].expand(-1, 1, -1, head_dim))
-    q = q * q_cos + _rotate_half(q) * q_sin
-    if inputs.keys is not None:
-        k = inputs.keys.float()
-    else:
-        k = attn.k_proj(normed).view(batch, seq, -1, head_dim).transpose(1, 2).float()
-        k = k * cos + _rotate_half(k) * sin
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    logits = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (batch, heads, queries, seq)
-    key_pos = torch.arange(seq, device=normed.device)
-    allowed = (key_pos.view(1, 1, -1) <= query_index.unsqueeze(-1)) & state.valid.unsqueeze(1)
-    logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-    return logits.softmax(-1).mean(1)
+    state = inputs.state
+    return inputs.decoder.attention_rows(inputs.source_layer, inputs.hidden, state.cos, state.sin, state.valid,
+                                         query_index, inputs.keys)
 
 
 def mean_attention_rows(inputs: ScoringInputs, rows: torch.Tensor) -> torch.Tensor:

@@ -17,16 +17,17 @@ import torch
 
 @dataclass
 class SequenceState:
-    """Per-token tensors of the current prefill sequence, all ``(batch, seq)`` or ``(batch, seq, head_dim)``.
+    """Per-token tensors of the current prefill sequence, all ``(batch, seq, ...)``.
 
     Attributes:
         valid: real tokens (False for padding and dummy slots).
         is_vision: vision tokens (always a subset of ``valid``).
         vision_ordinal: index of a vision token among its sample's vision tokens (-1 elsewhere).
         orig_index: index of each slot in the original (unreduced) prompt.
-        position_ids: RoPE positions.
-        cos: rotary cosines for ``position_ids``.
-        sin: rotary sines for ``position_ids``.
+        position_ids: RoPE positions in the decoder family's canonical form (``(batch, seq)``; Qwen2-VL's M-RoPE:
+            ``(batch, seq, 3)``; :mod:`vtr_bench.reduction.decoder`).
+        cos: rotary cosines applied to q / k (batch, seq, head_dim).
+        sin: rotary sines applied to q / k (batch, seq, head_dim).
     """
 
     valid: torch.Tensor
@@ -43,8 +44,8 @@ class SequenceState:
         """The state of the unreduced prompt."""
         valid = attention_mask.bool()
         is_vision = vision_mask.bool() & valid
-        ordinal = torch.where(is_vision, is_vision.long().cumsum(-1) - 1, torch.full_like(position_ids, -1))
-        orig = torch.arange(valid.shape[1], device=valid.device).expand_as(position_ids)
+        ordinal = torch.where(is_vision, is_vision.long().cumsum(-1) - 1, -1)
+        orig = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
         return cls(valid, is_vision, ordinal, orig, position_ids, cos, sin)
 
     @property
@@ -58,8 +59,9 @@ class SequenceState:
 
     def gather(self, index: torch.Tensor, slot_valid: torch.Tensor) -> "SequenceState":
         """Gather every per-token tensor with ``index`` (batch, new_seq); ``slot_valid`` marks real slots."""
-        take = lambda t: t.gather(1, index)  # noqa: E731
-        take3 = lambda t: t.gather(1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t.gather(1, index.view(*index.shape, *(1,) * (t.dim() - 2)).expand(-1, -1, *t.shape[2:]))
+
         return replace(
             self,
             valid=slot_valid,
@@ -67,8 +69,8 @@ class SequenceState:
             vision_ordinal=torch.where(slot_valid, take(self.vision_ordinal), -1),
             orig_index=take(self.orig_index),
             position_ids=take(self.position_ids),
-            cos=take3(self.cos),
-            sin=take3(self.sin),
+            cos=take(self.cos),
+            sin=take(self.sin),
         )
 
 

@@ -38,14 +38,14 @@ def layer_scores(adapter, inputs: dict):
 
     vision = adapter.vision_mask(inputs["input_ids"])
     mask = inputs["attention_mask"]
-    scorer, rows = LastTokenAttention(source_offset=0), {}
+    scorer, rows, decoder = LastTokenAttention(source_offset=0), {}, adapter.decoder
 
     def capture(index):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            cos, sin = kwargs["position_embeddings"]
-            state = SequenceState.initial(vision, mask, kwargs["position_ids"], cos, sin)
-            rows[index] = scorer.score(ScoringInputs(index, module, hidden, state))[0][vision[0]]
+            cos, sin = decoder.token_embeddings(kwargs["position_embeddings"], 1)
+            state = SequenceState.initial(vision, mask, torch.zeros_like(mask), cos, sin)  # positions unused
+            rows[index] = scorer.score(ScoringInputs(index, module, hidden, state, decoder=decoder))[0][vision[0]]
 
         return hook
 
