@@ -63,6 +63,16 @@ class _Stopwatch:
         return self._begin.elapsed_time(end) / 1000
 
 
+def prefill_positions(inputs: dict) -> tuple[dict, torch.Tensor]:
+    """``(model inputs without position ids, the prefill's position ids)``: those the adapter prepared (Qwen2-VL's
+    3-D M-RoPE ids), else padding-independent 1-D ids from the attention mask."""
+    inputs = dict(inputs)
+    position_ids = inputs.pop("position_ids", None)
+    if position_ids is None:
+        position_ids = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return inputs, position_ids
+
+
 @torch.no_grad()
 def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inputs: dict, vision_mask: torch.Tensor,
                     max_new_tokens: int, eos_token_ids: set[int], keep_logits: bool = False,
@@ -74,7 +84,8 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         model: an HF vision-language model (forward takes input_ids, pixel_values, attention_mask,
             position_ids, past_key_values, cache_position, logits_to_keep).
         engine: the reduction engine, already attached to ``model``'s decoder layers (None: the unmodified model).
-        inputs: processor outputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...).
+        inputs: processor outputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...; ``position_ids`` when
+            the adapter prepares them: :func:`prefill_positions`).
         vision_mask: (batch, seq) True at vision-token positions.
         max_new_tokens: maximum number of generated tokens.
         eos_token_ids: ids that end a sample's generation.
@@ -88,10 +99,12 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
     Returns:
         The generated ids per sample, the timings and the KV-cache size right after the prefill.
     """
+    inputs, position_ids = prefill_positions(inputs)
     attention_mask = inputs["attention_mask"]
     device = attention_mask.device
     batch, prompt_len = attention_mask.shape
-    lengths = attention_mask.sum(-1)
+    # the first generated token's position: one after the prompt's last (text) position, on every axis
+    lengths = position_ids.reshape(-1, batch, prompt_len)[..., -1].amax(0) + 1
     cache = DynamicCache()
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -107,7 +120,7 @@ def greedy_generate(model: torch.nn.Module, engine: ReductionEngine | None, inpu
         clock = _Stopwatch(device)
         _sync(device)
         clock.start()
-        out = model(**inputs, position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
+        out = model(**inputs, position_ids=position_ids, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
         next_token = out.logits[:, -1].argmax(-1)
         if keep_logits:

@@ -11,9 +11,11 @@ from vtr_bench.errors import ConfigError, ModelLoadError
 from vtr_bench.models.base import VLMAdapter
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-FAMILIES = ("llava", "llava_next", "internvl")
+FAMILIES = ("llava", "llava_next", "internvl", "qwen2_vl", "qwen2_5_vl", "llava_onevision")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CPU_MODELS = {"llava": "tiny_llava", "llava_next": "tiny_llava", "internvl": "tiny_internvl2"}
+CPU_MODELS = {"llava": "tiny_llava", "llava_next": "tiny_llava", "internvl": "tiny_internvl2",
+              "qwen2_vl": "tiny_random_qwen2vl", "qwen2_5_vl": "tiny_random_qwen25vl",
+              "llava_onevision": "tiny_random_llava_ov"}
 """The bundled model config to use instead of a family's real checkpoints on a machine without GPU or hub."""
 
 
@@ -143,19 +145,33 @@ def _classes(family: str):
     """(model class, processor class) of a family; InternVL's processor is the one without a video processor."""
     import transformers
 
+    from vtr_bench.models.llava_onevision import VisionOnlyOnevisionProcessor
+    from vtr_bench.models.qwen2_vl import VisionOnlyQwen2VLProcessor
     from vtr_bench.models.tiny import TinyInternVLProcessor
 
     return {
         "llava": (transformers.LlavaForConditionalGeneration, transformers.AutoProcessor),
         "llava_next": (transformers.LlavaNextForConditionalGeneration, transformers.AutoProcessor),
         "internvl": (transformers.InternVLForConditionalGeneration, TinyInternVLProcessor),
+        "qwen2_vl": (transformers.Qwen2VLForConditionalGeneration, VisionOnlyQwen2VLProcessor),
+        "qwen2_5_vl": (transformers.Qwen2_5_VLForConditionalGeneration, VisionOnlyQwen2VLProcessor),
+        "llava_onevision": (transformers.LlavaOnevisionForConditionalGeneration, VisionOnlyOnevisionProcessor),
     }[family]
 
 
-def _build_random(cfg):
-    from vtr_bench.models import tiny
+def adapter_class(family: str) -> type[VLMAdapter]:
+    """The adapter of a family: the base one, or the family's own (Qwen2-VL's M-RoPE)."""
+    from vtr_bench.models.qwen2_vl import Qwen2VLAdapter
 
-    builders = {"tiny_llava": tiny.build_tiny_llava, "tiny_internvl2": tiny.build_tiny_internvl2}
+    return Qwen2VLAdapter if family in ("qwen2_vl", "qwen2_5_vl") else VLMAdapter
+
+
+def _build_random(cfg):
+    from vtr_bench.models import tiny, tiny_random
+
+    builders = {"tiny_llava": tiny.build_tiny_llava, "tiny_internvl2": tiny.build_tiny_internvl2,
+                "tiny_qwen2_vl": tiny_random.build_tiny_qwen2_vl,
+                "tiny_llava_onevision": tiny_random.build_tiny_llava_onevision}
     if cfg.builder not in builders:
         raise ConfigError(f"unknown model.builder {cfg.builder!r}; known: {sorted(builders)}")
     return builders[cfg.builder](dict(cfg.get("builder_args") or {}), seed=int(cfg.get("seed", 0)))
@@ -191,5 +207,5 @@ def load_adapter(cfg, device: str = "cpu") -> VLMAdapter:
             raise ModelLoadError(f"could not load {source}: {type(error).__name__}: {first_line}") from error
         processor.tokenizer.padding_side = "left"
     model = model.to(device=device, dtype=DTYPES[cfg.dtype]).eval()
-    return VLMAdapter(model, processor, prompt_template=cfg.prompt_template, name=cfg.name,
-                      processor_kwargs=dict(cfg.get("processor_kwargs") or {}))
+    return adapter_class(cfg.family)(model, processor, prompt_template=cfg.prompt_template, name=cfg.name,
+                                     processor_kwargs=dict(cfg.get("processor_kwargs") or {}))

@@ -51,7 +51,8 @@ TINY_INTERNVL2_DEFAULTS = {
 }
 
 
-def build_tokenizer(save_dir: str | Path | None = None, internvl: bool = False) -> PreTrainedTokenizerFast:
+def build_tokenizer(save_dir: str | Path | None = None, internvl: bool = False,
+                    extra: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
     """Build the deterministic word-level tokenizer of the shapes benchmark.
 
     Ids 0-4 are ``<pad> <s> </s> <unk> <image>``; with ``internvl`` the tokens ``<img> </img> <video>`` follow and
@@ -61,19 +62,22 @@ def build_tokenizer(save_dir: str | Path | None = None, internvl: bool = False) 
     Args:
         save_dir: if given, the tokenizer is also saved there.
         internvl: add InternVL's image delimiter tokens and special-token attributes.
+        extra: more special tokens, by attribute name (``{"image_token": "<|image_pad|>", ...}``), appended after
+            the others (the tiny random Qwen2-VL / OneVision builders; ``<image>`` then stays an ordinary token).
     """
-    specials = list(SPECIAL_TOKENS) + (list(INTERNVL_TOKENS) if internvl else [])
+    specials = list(SPECIAL_TOKENS) + (list(INTERNVL_TOKENS) if internvl else []) + list((extra or {}).values())
     vocab = {t: i for i, t in enumerate(specials + vocabulary())}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
-    extra = {"image_token": "<image>"}
+    named = {"image_token": "<image>"}
     if internvl:
-        extra = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<image>",
+        named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<image>",
                  "video_token": "<video>"}
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", extra_special_tokens=extra, padding_side="left",
+                                  unk_token="<unk>", extra_special_tokens={**named, **(extra or {})},
+                                  padding_side="left",
                                   model_input_names=["input_ids", "attention_mask"])  # saved: no token_type_ids
     if save_dir is not None:
         tok.save_pretrained(save_dir)

@@ -60,6 +60,11 @@ class Decoder:
         original ones)."""
         return (valid.long().cumsum(-1) - 1).clamp(min=0)
 
+    def vision_grid(self, positions: torch.Tensor) -> tuple[int, int] | None:
+        """``(height, width)`` of the token grid one image's vision tokens span, read from their canonical positions
+        ``(n, ...)`` where the positions say it (1-D positions do not: None)."""
+        return None
+
     # --- attention ----------------------------------------------------------------------------------------------
     @staticmethod
     def _project(attn: nn.Module, x: torch.Tensor, which: str) -> torch.Tensor:

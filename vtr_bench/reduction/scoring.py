@@ -248,7 +248,8 @@ class GridPooling(Scorer):
                 continue
             if int(ordinal.max()) != n - 1:
                 raise RuntimeError("grid pooling needs every vision token of the sample (pool at layer 0)")
-            tiles, height, width = self.tiles(n)
+            grid = inputs.decoder.vision_grid(state.position_ids[b, vision])
+            tiles, height, width = (1, *grid) if grid is not None else self.tiles(n)
             h, w = pooled_grid(height, width, int(keep[b]) / tiles)
             cells = grid_cells(height, width, h, w, device=keep.device)
             group[b, vision] = ordinal // (height * width) * (h * w) + cells[ordinal % (height * width)]

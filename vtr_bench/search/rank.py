@@ -33,6 +33,7 @@ def layer_scores(adapter, inputs: dict):
     """
     import torch
 
+    from vtr_bench.eval.generate import prefill_positions
     from vtr_bench.reduction.scoring import LastTokenAttention, ScoringInputs
     from vtr_bench.reduction.sequence import SequenceState
 
@@ -53,8 +54,8 @@ def layer_scores(adapter, inputs: dict):
                for i, layer in enumerate(adapter.decoder_layers)]
     try:
         with torch.no_grad():
-            adapter.model(**inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
-                          logits_to_keep=1)
+            model_inputs, position_ids = prefill_positions(inputs)
+            adapter.model(**model_inputs, position_ids=position_ids, use_cache=False, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
