@@ -51,16 +51,19 @@ def _run_layer(adapter, layer, hidden, pos):
     return hidden[0] if isinstance(hidden, tuple) else hidden
 
 
-def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positions, seed=0, record=None):
+def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positions, seed=0, record=None,
+                      start=None, renumber=None):
     """Slow reference: decoder layers run by hand on explicitly gathered tokens (batch 1, no cache). ``record``
     (a dict) receives, per reducing layer, the prompt indices of the vision tokens it keeps and the score margin
-    between the last kept and the first dropped one."""
+    between the last kept and the first dropped one. ``start``: the prompt's position ids in the layout the
+    model's rotary module takes (default ``arange``); ``renumber(pos, is_vision)``: the reduced sequence's ids
+    under ``positions=renumber`` (default ``arange``)."""
     model, lm = adapter.model, adapter.language_model
     with torch.no_grad():
         embeds, vision = _prompt_embeddings(adapter, ids, pixel_values)
         n_vision = int(vision.sum())
         counts = schedule.counts(n_vision)
-        hidden, pos = embeds, torch.arange(ids.shape[1])[None]
+        hidden, pos = embeds, torch.arange(ids.shape[1])[None] if start is None else start
         prompt_index = torch.arange(ids.shape[1])
         is_vision, ordinal = vision.clone(), torch.cumsum(vision.long(), 0) - 1
         previous_input = None
@@ -82,10 +85,10 @@ def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positio
                 if record is not None:
                     cut = ranked.values[counts[index] - 1] - ranked.values[counts[index]] if counts[index] else 0.0
                     record[index] = ({(int(i),) for i in prompt_index[top]}, float(cut))
-                hidden, pos = hidden[:, keep], pos[:, keep]
+                hidden, pos = hidden[:, keep], pos[..., keep]
                 is_vision, ordinal, prompt_index = is_vision[keep], ordinal[keep], prompt_index[keep]
                 if positions == "renumber":
-                    pos = torch.arange(hidden.shape[1])[None]
+                    pos = torch.arange(hidden.shape[1])[None] if renumber is None else renumber(pos, is_vision)
             previous_input = hidden
             hidden = _run_layer(adapter, layer, hidden, pos)
         return model.lm_head(lm.norm(hidden))[:, -1]

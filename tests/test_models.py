@@ -16,6 +16,7 @@ from test_cli import assert_one_clear_error, run_cli
 from test_configs import compose_config
 
 from vtr_bench.errors import ModelLoadError
+from vtr_bench.eval.generate import prefill_positions
 from vtr_bench.models import internvl2
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.models.loader import load_adapter
@@ -25,7 +26,9 @@ from vtr_bench.reduction.scoring import LastTokenAttention, RandomScorer
 
 LAYERS = 6
 REAL_MODELS = {"llava15_7b": "tiny_llava", "llava15_13b": "tiny_llava", "llava_next_7b": "tiny_llava",
-               "internvl2": "tiny_internvl2", "internvl2_2b": "tiny_internvl2"}
+               "internvl2": "tiny_internvl2", "internvl2_2b": "tiny_internvl2", "internvl3_8b": "tiny_internvl2",
+               "internvl25_8b": "tiny_internvl2", "qwen2vl_7b": "tiny_random_qwen2vl",
+               "qwen25vl_7b": "tiny_random_qwen25vl", "llava_ov_7b": "tiny_random_llava_ov"}
 
 
 def _image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -206,7 +209,8 @@ QUESTION = "what color is the shape?"
 
 def _prefill(adapter, inputs, engine=None):
     mask = inputs["attention_mask"]
-    kwargs = dict(inputs, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    kwargs, position_ids = prefill_positions(inputs)
+    kwargs["position_ids"] = position_ids
     with torch.no_grad():
         if engine is None:
             return adapter.model(**kwargs).logits, None
@@ -373,7 +377,7 @@ def test_real_model_configs_fail_offline_in_one_line(model, monkeypatch, tmp_pat
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever is here
     cfg = compose_config(f"model={model}")
-    official_dtype = "float16" if cfg.model.family.startswith("llava") else "bfloat16"  # LLaVA's eval runs fp16
+    official_dtype = "float16" if cfg.model.family.startswith("llava") else "bfloat16"  # LLaVA's evals run fp16
     assert cfg.model.revision and cfg.model.dtype == official_dtype and cfg.model.attn_implementation == "sdpa"
     with pytest.raises(ModelLoadError) as error:
         load_adapter(cfg.model)

@@ -24,12 +24,10 @@ from vtr_bench.models.tiny import _merged, _seeded_init, build_tokenizer
 QWEN_TOKENS = {"im_start_token": "<|im_start|>", "im_end_token": "<|im_end|>",
                "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
                "image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
-QWEN_PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
-ONEVISION_PROMPT = "<|im_start|>user <image>\n{question}<|im_end|><|im_start|>assistant\n"
 
 TEXT_DEFAULTS = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 6, "num_heads": 4, "num_kv_heads": 2}
 QWEN_DEFAULTS = {**TEXT_DEFAULTS, "version": "2", "patch_size": 2, "merge_size": 2, "vision_hidden_size": 32,
-                 "vision_layers": 2, "vision_heads": 2, "min_pixels": 16 * 16, "max_pixels": 32 * 32,
+                 "vision_layers": 2, "vision_heads": 2, "min_pixels": 8 * 8, "max_pixels": 32 * 32,
                  "mrope_section": [2, 3, 3]}
 ONEVISION_DEFAULTS = {**TEXT_DEFAULTS, "image_size": 16, "patch_size": 4, "vision_hidden_size": 32,
                       "vision_layers": 2, "vision_heads": 2, "pinpoints": [[16, 16], [16, 32], [32, 16], [32, 32]],
@@ -63,7 +61,8 @@ def build_tiny_qwen2_vl(cfg: dict | None = None, seed: int = 0):
     elif str(c["version"]) == "2.5":
         window = c["patch_size"] * c["merge_size"] * 2  # 2x2 merged cells per attention window
         vision.update(hidden_size=c["vision_hidden_size"], intermediate_size=2 * c["vision_hidden_size"],
-                      out_hidden_size=c["hidden_size"], window_size=window, fullatt_block_indexes=[c["vision_layers"] - 1])
+                      out_hidden_size=c["hidden_size"], window_size=window,
+                      fullatt_block_indexes=[c["vision_layers"] - 1])
         model_cls, config = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig(
             vision_config=vision, text_config=text, **common)
     else:

@@ -1,9 +1,9 @@
 """What the engine and the scorers need to know about a decoder family: its positions, RoPE and attention rows.
 
-:class:`Decoder` is the 1-D rotate-half RoPE decoder (Llama, Vicuna, Qwen2, InternLM2 as converted): positions are
-``(batch, seq)`` ids, the cos / sin applied to q and k are ``(batch, seq, head_dim)``. A family whose layers see
-positions differently subclasses it in ``vtr_bench/models/`` (Qwen2-VL's 3-D M-RoPE:
-:class:`vtr_bench.models.qwen2_vl.MultimodalRopeDecoder`), so nothing in ``reduction/`` names a model family.
+:class:`Decoder` is the 1-D rotate-half RoPE decoder: positions are ``(batch, seq)`` ids, the cos / sin applied to
+q and k are ``(batch, seq, head_dim)``. A family whose layers see positions differently (3-D multimodal RoPE, say)
+subclasses it in ``vtr_bench/models/``, and the model adapter hands the engine its family's object
+(``adapter.decoder``), so nothing in ``reduction/`` knows a model family.
 
 The engine keeps, per token, the *canonical* positions (``positions(...)``: ``(batch, seq, ...)``, gathered along
 the sequence like every other per-token tensor) and the cos / sin *as applied to q / k* (``(batch, seq, head_dim)``
@@ -22,7 +22,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 class Decoder:
     """A 1-D RoPE decoder (``input_layernorm``, ``self_attn.{q,k}_proj``, optional per-head ``q_norm`` / ``k_norm``
-    as in Qwen3, ``head_dim``, ``scaling``).
+    applied per head before RoPE, ``head_dim``, ``scaling``).
 
     Args:
         rotary_emb: the decoder's rotary module (``rotary_emb(x, position_ids) -> (cos, sin)``); only needed to

@@ -49,7 +49,7 @@ class DecoderDims:
 
     @classmethod
     def from_hf_config(cls, text_config: Any) -> DecoderDims:
-        """Read the dims from a transformers Llama/Qwen2-style text config.
+        """Read the dims from a transformers decoder text config.
 
         Args:
             text_config: Config with ``num_hidden_layers``, ``hidden_size``, ``intermediate_size``,

@@ -2,7 +2,7 @@
 
 A :class:`KeepSchedule` holds one keep *ratio* per decoder layer (non-increasing with depth). It is resolved per
 sample into integer keep *counts* against that sample's number of vision tokens, so models with a variable number
-of vision tokens (LLaVA-NeXT, InternVL2 tiles) share one schedule. Counts round half up by default; FastV's and
+of vision tokens (tiled or dynamic-resolution images) share one schedule. Counts round half up by default; FastV's and
 PyramidDrop's code take ``int()`` of ``ratio * n`` (``rounding="floor"``). The *budget* is the mean keep ratio over
 layers (DESIGN §2).
 """

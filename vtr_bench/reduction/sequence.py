@@ -24,8 +24,8 @@ class SequenceState:
         is_vision: vision tokens (always a subset of ``valid``).
         vision_ordinal: index of a vision token among its sample's vision tokens (-1 elsewhere).
         orig_index: index of each slot in the original (unreduced) prompt.
-        position_ids: RoPE positions in the decoder family's canonical form (``(batch, seq)``; Qwen2-VL's M-RoPE:
-            ``(batch, seq, 3)``; :mod:`vtr_bench.reduction.decoder`).
+        position_ids: RoPE positions in the decoder family's canonical form (``(batch, seq)``; 3-D multimodal
+            RoPE: ``(batch, seq, 3)``; :mod:`vtr_bench.reduction.decoder`).
         cos: rotary cosines applied to q / k (batch, seq, head_dim).
         sin: rotary sines applied to q / k (batch, seq, head_dim).
     """

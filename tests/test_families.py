@@ -1,0 +1,234 @@
+"""The 2026 families on tiny random instances of their architectures: Qwen2-VL and Qwen2.5-VL (3-D M-RoPE,
+dynamic resolution), LLaVA-OneVision (AnyRes-max tiles with image-newline tokens, Qwen2 decoder) and InternVL3
+(transformers-native InternVL, dynamic tiles).
+
+For each: keep-all = the unmodified model; the engine = a slow reference (decoder layers run by hand with the
+model's own rotary module and HF's eager attention as the scoring oracle; an M-RoPE compact-grid renumbering
+written here); padded batches with two vision-token counts = single runs and processed counts = the plan, for
+every method; cached decoding = re-run prefills; both position policies. Plus the M-RoPE policies themselves, and
+the real checkpoints' configs (weights-free flops mode, one-line offline errors).
+"""
+import numpy as np
+import pytest
+import test_engine
+import torch
+from PIL import Image
+from test_configs import compose_config
+from test_generate import ReplayScorer
+from test_models import _decoder_input, _prefill
+
+from vtr_bench.eval.generate import greedy_generate
+from vtr_bench.models.loader import load_adapter
+from vtr_bench.reduction.schedule import KeepSchedule
+from vtr_bench.reduction.scoring import GridPooling, LastTokenAttention, RandomScorer, TextRaterAttention
+from vtr_bench.run import instantiate_method, plan_flops
+
+FAMILIES = {"qwen2vl": "tiny_random_qwen2vl", "qwen25vl": "tiny_random_qwen25vl",
+            "llava_ov": "tiny_random_llava_ov", "internvl3": "tiny_random_internvl3"}
+MROPE = ("qwen2vl", "qwen25vl")
+LAYERS = 6
+QUESTIONS = ["what color is the shape?", "how many circles are there?"]
+SIZES = {"qwen2vl": [(30, 20), (12, 28)], "qwen25vl": [(30, 20), (12, 28)], "llava_ov": [(30, 20), (16, 40)],
+         "internvl3": [(30, 20), (16, 40)]}  # (width, height): two vision-token counts per family
+
+
+def _image(width, height, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def adapters():
+    return {family: load_adapter(compose_config(f"model={name}").model) for family, name in FAMILIES.items()}
+
+
+def _inputs(adapter, family, which=(0,)):
+    images = [_image(*SIZES[family][i], seed=i) for i in which]
+    return adapter.prepare(images, [QUESTIONS[i] for i in which])
+
+
+def compact_grid(pos, is_vision):
+    """Reference M-RoPE renumbering of a reduced batch-1 sequence, ``pos`` (3, 1, seq): text tokens count on by
+    one; a run of vision tokens re-indexes each axis's distinct kept values 0, 1, ... from where the text stopped,
+    and the text after it starts ``max`` of those extents later (Qwen2-VL's rule for a smaller image)."""
+    new, start, i = torch.zeros_like(pos), 0, 0
+    vision = is_vision.tolist()
+    while i < len(vision):
+        if not vision[i]:
+            new[:, 0, i], start, i = start, start + 1, i + 1
+            continue
+        j = i
+        while j < len(vision) and vision[j]:
+            j += 1
+        extent = 0
+        for axis in range(3):
+            values = sorted(set(pos[axis, 0, i:j].tolist()))
+            new[axis, 0, i:j] = torch.tensor([start + values.index(v) for v in pos[axis, 0, i:j].tolist()])
+            extent = max(extent, len(values))
+        start, i = start + extent, j
+    return new
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_all_equals_the_unmodified_model(adapters, family):
+    adapter = adapters[family]
+    inputs = _inputs(adapter, family)
+    expected, _ = _prefill(adapter, inputs)
+    engine = adapter.engine(KeepSchedule.full(LAYERS), None)
+    with engine.attached():
+        got, ctx = _prefill(adapter, inputs, engine)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert ctx.processed_counts() == [[int(adapter.vision_mask(inputs["input_ids"]).sum())] * LAYERS]
+
+
+@pytest.mark.parametrize("positions", ["keep", "renumber"])
+@pytest.mark.parametrize("scorer_kind", ["fastv", "random", "pdrop"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_engine_equals_slow_reference(adapters, family, scorer_kind, positions, monkeypatch):
+    adapter = adapters[family]
+    schedule = test_engine.SCHEDULES["pyramid"]
+    scorer = {"fastv": LastTokenAttention(-1), "pdrop": LastTokenAttention(0), "random": RandomScorer(0)}[scorer_kind]
+    inputs = _inputs(adapter, family)
+    engine = adapter.engine(schedule, scorer, positions=positions)
+    with engine.attached():
+        logits, ctx = _prefill(adapter, inputs, engine)
+    monkeypatch.setattr(test_engine, "_prompt_embeddings", lambda adapter, ids, _: _decoder_input(adapter, inputs))
+    mrope = family in MROPE
+    expected = test_engine._reference_logits(adapter, inputs["input_ids"], None, schedule, scorer_kind, positions,
+                                             start=inputs["position_ids"] if mrope else None,
+                                             renumber=compact_grid if mrope else None)
+    torch.testing.assert_close(logits[:, -1], expected, atol=1e-5, rtol=0)
+    assert ctx.processed_counts() == [schedule.counts(int(adapter.vision_mask(inputs["input_ids"]).sum()))]
+
+
+METHODS = {"fastv": ["method=fastv", "budget=0.5"], "pdrop": ["method=pdrop", "budget=0.5"],
+           "sparsevlm": ["method=sparsevlm", "budget=0.5"], "random": ["method=random", "budget=0.5"],
+           "downsample": ["method=downsample", "budget=0.25"],
+           "schedule": ["method=schedule", "method.ratios=[1,0.75,0.5,0.5,0.25,0.25]"]}
+
+
+def _method(family, name):
+    cfg = compose_config(f"model={FAMILIES[family]}", *METHODS[name])
+    method = instantiate_method(cfg.method)
+    return method, method.build(LAYERS, cfg.get("budget"))
+
+
+@pytest.mark.parametrize("positions", ["keep", "renumber"])
+@pytest.mark.parametrize("method_name", METHODS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_in_a_padded_batch_equals_single_runs(adapters, family, method_name, positions):
+    """Two images with different vision-token counts in one left-padded batch: each row's logits and processed
+    counts are its single run's, and the counts are the method's plan for that row."""
+    if family == "llava_ov" and method_name == "downsample":
+        pytest.skip("OneVision's tokens (base view + unpadded tiles + newlines) form no grid")
+    adapter = adapters[family]
+    method, (schedule, scorer) = _method(family, method_name)
+    engine = adapter.engine(schedule, scorer, positions=positions)
+    with engine.attached():
+        batched, ctx = _prefill(adapter, _inputs(adapter, family, (0, 1)), engine)
+        for i in range(2):
+            single_inputs = _inputs(adapter, family, (i,))
+            single, single_ctx = _prefill(adapter, single_inputs, engine)
+            torch.testing.assert_close(batched[i, -1], single[0, -1], atol=1e-5, rtol=0)
+            n_vision = int(adapter.vision_mask(single_inputs["input_ids"]).sum())
+            assert ctx.processed_counts()[i] == single_ctx.processed_counts()[0]
+            if method_name != "downsample":  # downsampling plans for the config's grid; a row pools its own
+                assert single_ctx.processed_counts()[0] == method.planned_counts(schedule, n_vision)
+    assert ctx.n_vision[0] != ctx.n_vision[1]
+
+
+class ReplayRaters(ReplayScorer):
+    reduce = TextRaterAttention.reduce
+
+    def __init__(self):
+        super().__init__(TextRaterAttention(0.3))
+        self.recycle = 0.3
+
+
+def _extended(adapter, inputs, tokens):
+    """The prepared prompt with ``tokens`` appended (batch 1), its positions recomputed by the adapter."""
+    ids = torch.cat([inputs["input_ids"], torch.tensor([tokens], dtype=torch.long)], dim=1)
+    longer = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    longer.pop("position_ids", None)
+    if "position_ids" in inputs:
+        longer["position_ids"] = adapter.position_ids(longer)
+    return longer
+
+
+@pytest.mark.parametrize("positions", ["keep", "renumber"])
+@pytest.mark.parametrize("case", ["fastv", "sparsevlm", "downsample"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_decode_equals_rerun_prefill(adapters, family, case, positions):
+    """Greedy decoding through the reduced KV cache (M-RoPE: the next positions follow the prompt's own, or the
+    compact grid's) gives each step's logits that re-running the reduced prefill on the longer prompt gives."""
+    if family == "llava_ov" and case == "downsample":
+        pytest.skip("OneVision's tokens form no grid")
+    adapter = adapters[family]
+    _, (schedule, _) = _method(family, {"fastv": "fastv", "sparsevlm": "sparsevlm", "downsample": "downsample"}[case])
+    scorer = {"fastv": ReplayScorer(LastTokenAttention(-1)), "sparsevlm": ReplayRaters(),
+              "downsample": GridPooling(compose_config(f"model={FAMILIES[family]}").model.get("grid"))}[case]
+    engine = adapter.engine(schedule, scorer, positions=positions)
+    inputs = _inputs(adapter, family)
+    with engine.attached():
+        out = greedy_generate(adapter.model, engine, inputs, adapter.vision_mask(inputs["input_ids"]),
+                              max_new_tokens=4, eos_token_ids={-1}, keep_logits=True)
+        scorer.replay = True
+        for step in range(4):
+            longer = _extended(adapter, inputs, out.tokens[0][:step])
+            logits, _ = _prefill(adapter, longer, engine)
+            torch.testing.assert_close(out.step_logits[step][0], logits[0, -1].float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", MROPE)
+def test_mrope_renumber_gives_a_smaller_images_positions(adapters, family):
+    """Downsampling an image's 4x4 merged grid... to 2x2 with ``positions=renumber`` leaves the sequence at the
+    3-D positions the model itself gives the prompt with a 2x2-grid image; ``keep`` leaves each cell at its
+    top-left token's; and renumbering an unreduced prompt changes nothing."""
+    adapter = adapters[family]
+    big, small = (adapter.prepare([_image(s, s)], QUESTIONS[:1]) for s in (16, 8))
+    assert big["image_grid_thw"].tolist() == [[1, 8, 8]] and small["image_grid_thw"].tolist() == [[1, 4, 4]]
+    decoder = adapter.decoder
+    vision = adapter.vision_mask(big["input_ids"])
+    prompt = decoder.positions(big["position_ids"], 1)
+    assert torch.equal(decoder.renumber(torch.ones_like(vision), vision, prompt), prompt)
+    for positions in ("keep", "renumber"):
+        engine = adapter.engine(KeepSchedule((0.25,) * LAYERS), GridPooling(), positions=positions)
+        with engine.attached():
+            _, ctx = _prefill(adapter, big, engine)
+        if positions == "renumber":
+            assert torch.equal(ctx.state.position_ids, decoder.positions(small["position_ids"], 1))
+        else:
+            kept = prompt[0, vision[0]].view(4, 4, 3)[::2, ::2].reshape(-1, 3)  # cells' top-left tokens
+            assert torch.equal(ctx.state.position_ids[ctx.state.is_vision], kept)
+
+
+REAL = {"qwen25vl_7b": ("Qwen/Qwen2.5-VL-7B-Instruct", 391, "tiny_random_qwen25vl"),
+        "qwen2vl_7b": ("Qwen/Qwen2-VL-7B-Instruct", 391, "tiny_random_qwen2vl"),
+        "llava_ov_7b": ("llava-hf/llava-onevision-qwen2-7b-ov-hf", 2929, "tiny_random_llava_ov"),
+        "internvl3_8b": ("OpenGVLab/InternVL3-8B-hf", 3328, "tiny_internvl2"),
+        "internvl25_8b": ("OpenGVLab/InternVL2_5-8B", 1792, "tiny_internvl2")}
+
+
+@pytest.mark.parametrize("model", REAL)
+def test_real_configs_plan_flops_without_weights(model):
+    cfg = compose_config(f"model={model}", "run.mode=flops", "method=fastv", "method.r=0.5")
+    assert cfg.model.repo_id == REAL[model][0] and cfg.model.dims.vision_tokens == REAL[model][1]
+    report = plan_flops(cfg)
+    n = REAL[model][1]
+    assert report["keep"] == [n, n] + [int(n * 0.5)] * (cfg.model.dims.layers - 2)
+
+
+def test_downsample_plans_qwens_merged_grid():
+    cfg = compose_config("model=qwen25vl_7b", "run.mode=flops", "method=downsample", "budget=0.25")
+    assert plan_flops(cfg)["keep"] == [8 * 11] * 28  # 17x23 pooled for 97.75 tokens, its aspect kept within a cell
+
+
+def test_prepared_positions_are_the_models_own(adapters):
+    """Qwen2-VL computes its 3-D positions itself when given none: the prepared ones give the same logits."""
+    adapter = adapters["qwen2vl"]
+    inputs = _inputs(adapter, "qwen2vl", (0, 1))
+    with torch.no_grad():
+        own = adapter.model(**{k: v for k, v in inputs.items() if k != "position_ids"}).logits
+    prepared, _ = _prefill(adapter, inputs)
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(prepared[mask], own[mask], atol=1e-5, rtol=0)
