@@ -232,3 +232,17 @@ def test_prepared_positions_are_the_models_own(adapters):
     prepared, _ = _prefill(adapter, inputs)
     mask = inputs["attention_mask"].bool()
     torch.testing.assert_close(prepared[mask], own[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", MROPE)
+def test_greedy_decode_equals_hf_generate(adapters, family):
+    """Our decode loop's positions (the prepared 3-D prompt positions, then one past the prompt's last) are the
+    ones HF's own generate derives from ``rope_deltas``: same tokens for a left-padded batch."""
+    adapter = adapters[family]
+    inputs = _inputs(adapter, family, (0, 1))
+    ours = greedy_generate(adapter.model, None, inputs, adapter.vision_mask(inputs["input_ids"]), max_new_tokens=5,
+                           eos_token_ids={-1})
+    plain = {k: v for k, v in inputs.items() if k != "position_ids"}
+    with torch.no_grad():
+        theirs = adapter.model.generate(**plain, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert ours.tokens == theirs[:, inputs["input_ids"].shape[1]:].tolist()

@@ -5,7 +5,8 @@ conventions). Each reference runs the HF decoder layers by hand, batch 1, no cac
 selection, clustering, pooling and position policy; the engine runs the method as ``conf/method`` composes it (its
 own position policy and rounding), on tiny random LLaVA (Llama) and InternVL (Qwen2) decoders, batch 1 and a
 left-padded batch. Asserted: the same vision tokens (kept ones and the members of every merged one) after every
-reducing layer, and last-token logits within float32 tolerance."""
+reducing layer, and last-token logits within float32 tolerance. On a tiny random Qwen2-VL (3-D M-RoPE) the
+references apply RoPE by its sections themselves and renumber by the compact grid (test_families.compact_grid)."""
 import math
 
 import pytest
@@ -14,8 +15,11 @@ import torch.nn.functional as F
 
 from conftest import IMAGE_TOKEN, left_pad, make_random_llava
 from test_configs import compose_config
+from test_families import compact_grid
 from vtr_bench.models.base import VLMAdapter
+from vtr_bench.models.qwen2_vl import Qwen2VLAdapter
 from vtr_bench.models.tiny import build_tiny_internvl2
+from vtr_bench.models.tiny_random import QWEN_TOKENS, build_tiny_qwen2_vl
 from vtr_bench.run import instantiate_method, position_policy
 
 LAYERS = 8
@@ -46,23 +50,46 @@ def families():
         "image_size": 2 * 2 * GRID, "patch_size": 2, "vision_hidden_size": 32, "vision_intermediate_size": 64,
         "vision_layers": 2, "vision_heads": 2, "hidden_size": 64, "intermediate_size": 128, "num_layers": LAYERS,
         "num_heads": 4, "num_kv_heads": 2}, seed=4)
-    return {"llava": (llava, IMAGE_TOKEN, 6, 64, 4 * GRID),
+    qwen, processor = build_tiny_qwen2_vl({"num_layers": LAYERS}, seed=5)  # a 32 px image: 8x8 merged tokens
+    ids = {k: processor.tokenizer.convert_tokens_to_ids(v) for k, v in QWEN_TOKENS.items()}
+    return {"llava": (llava, IMAGE_TOKEN, 6, 64, 4 * GRID, None),
             "internvl": (VLMAdapter(_sharpened(internvl)), internvl.config.image_token_id, 8,
-                         internvl.config.text_config.vocab_size,
-                         4 * GRID)}
+                         internvl.config.text_config.vocab_size, 4 * GRID, None),
+            "qwen2vl": (Qwen2VLAdapter(_sharpened(qwen), processor), ids["image_token"], 16, len(processor.tokenizer),
+                        4 * GRID, (ids["vision_start_token"], ids["vision_end_token"]))}
 
 
-def _prompt(image_token, low, high, before, after, seed):
+def _prompt(image_token, low, high, before, after, seed, wrap=None):
     g = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.randint(low, high, (before,), generator=g), torch.full((N,), image_token),
+    image = torch.full((N,), image_token)
+    if wrap is not None:  # Qwen2-VL: <|vision_start|> image pads <|vision_end|>
+        image = torch.cat([torch.tensor(wrap[:1]), image, torch.tensor(wrap[1:])])
+    return torch.cat([torch.randint(low, high, (before,), generator=g), image,
                       torch.randint(low, high, (after,), generator=g)])
 
 
 def _inputs(family, rows):
-    adapter, image_token, low, high, size = family
-    prompts = [_prompt(image_token, low, high, before, after, seed) for before, after, seed in rows]
-    pixels = torch.randn(len(rows), 3, size, size, generator=torch.Generator().manual_seed(7))
+    adapter, image_token, low, high, size, wrap = family
+    prompts = [_prompt(image_token, low, high, before, after, seed, wrap) for before, after, seed in rows]
+    shape = (size * size // 4, 3 * 2 * 2 * 2) if wrap else (3, size, size)  # Qwen: flattened 2x2x2 patches
+    pixels = torch.randn(len(rows), *shape, generator=torch.Generator().manual_seed(7))
     return adapter, prompts, pixels
+
+
+def _model_inputs(adapter, ids, mask, pixels):
+    """Model inputs of a left-padded batch: padding-independent positions (Qwen2-VL: its own 3-D ones)."""
+    if not isinstance(adapter, Qwen2VLAdapter):
+        return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    side = int(math.isqrt(pixels.shape[1]))
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels.flatten(0, 1),
+                  image_grid_thw=torch.tensor([[1, side, side]] * len(ids)))
+    return {**inputs, "position_ids": adapter.position_ids(inputs)}
+
+
+def _start_positions(adapter, ids, pixels):
+    """RoPE positions of one unpadded prompt, in the layout the rotary module takes."""
+    return _model_inputs(adapter, ids[None], torch.ones_like(ids[None]), pixels[None])["position_ids"]
 
 
 def _decoder_input(adapter, ids, pixels):
@@ -72,7 +99,7 @@ def _decoder_input(adapter, ids, pixels):
         lambda module, args, kwargs: captured.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
     try:
         with torch.no_grad():
-            adapter.model(input_ids=ids[None], pixel_values=pixels[None])
+            adapter.model(**_model_inputs(adapter, ids[None], torch.ones_like(ids[None]), pixels[None]))
     finally:
         handle.remove()
     return captured[0]
@@ -94,6 +121,10 @@ def attention(adapter, index, hidden, pos):
     q = attn.q_proj(x).view(n, -1, head_dim).transpose(0, 1)
     k = attn.k_proj(x).view(n, -1, head_dim).transpose(0, 1)
     cos, sin = adapter.language_model.rotary_emb(hidden, pos)
+    if cos.dim() == 4:  # M-RoPE: head-dim sections t / h / w / t / h / w take their axis' rotation
+        sections = adapter.text_config.rope_scaling["mrope_section"] * 2
+        axis = torch.cat([torch.full((size,), i % 3) for i, size in enumerate(sections)])
+        cos, sin = (t[axis, 0, :, torch.arange(head_dim)].T for t in (cos, sin))  # (n, head_dim)
     q, k = q * cos + _rotate(q) * sin, k * cos + _rotate(k) * sin
     k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
     logits = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
@@ -129,8 +160,8 @@ class Sequence:
     """One sample's tokens during the reference prefill: hidden states, RoPE positions, original index (-1: merged)
     and, for vision tokens, the prompt indices each holds."""
 
-    def __init__(self, embeds, vision):
-        self.hidden, self.pos = embeds, torch.arange(embeds.shape[1])[None]
+    def __init__(self, embeds, vision, pos=None):
+        self.hidden, self.pos = embeds, torch.arange(embeds.shape[1])[None] if pos is None else pos
         self.orig = list(range(embeds.shape[1]))
         self.members = [(i,) if v else None for i, v in enumerate(vision.tolist())]
 
@@ -138,19 +169,21 @@ class Sequence:
     def vision(self):
         return [s for s, m in enumerate(self.members) if m is not None]
 
-    def rebuild(self, kept, merged, renumber):
+    def rebuild(self, kept, merged, renumber, anchors=None):
         """Non-vision tokens and the ``kept`` vision slots in order, then the ``merged`` (hidden, members) tokens
-        right after the image; positions renumbered (0..n-1) or kept."""
+        right after the image, at the last vision token's position (or at the ``anchors`` slots' positions);
+        positions renumbered (0..n-1; M-RoPE: the compact grid) or kept."""
         vision = self.vision
         after = [s for s in range(vision[-1] + 1) if s not in vision or s in kept]
         rest = list(range(vision[-1] + 1, len(self.orig)))
         hidden = [self.hidden[0, s] for s in after] + [h for h, _ in merged] + [self.hidden[0, s] for s in rest]
-        pos = [int(self.pos[0, s]) for s in after] + [int(self.pos[0, vision[-1]])] * len(merged) + \
-            [int(self.pos[0, s]) for s in rest]
+        pos = self.pos[..., after + (anchors or [vision[-1]] * len(merged)) + rest]
         self.members = [self.members[s] for s in after] + [m for _, m in merged] + [self.members[s] for s in rest]
         self.orig = [self.orig[s] for s in after] + [-1] * len(merged) + [self.orig[s] for s in rest]
         self.hidden = torch.stack(hidden)[None]
-        self.pos = torch.arange(len(hidden))[None] if renumber else torch.tensor([pos])
+        if renumber and pos.dim() == 3:  # M-RoPE
+            pos = compact_grid(pos, torch.tensor([m is not None for m in self.members]))
+        self.pos = torch.arange(len(hidden))[None] if renumber and pos.dim() == 2 else pos
 
     def top(self, scores, k):
         """The ``k`` best-scoring vision slots, in sequence order; the k-th and the next score must differ by more
@@ -172,7 +205,7 @@ def _flatten(members):
 def reference(adapter, embeds, kind, params):
     """The method's official prefill on one prompt: last-token logits and the token sets after each reduction,
     keyed by the first layer that sees them."""
-    seq = Sequence(embeds, params["vision"])
+    seq = Sequence(embeds, params["vision"], params.get("pos"))
     trace, n = {}, N
     previous_hidden = previous_pos = None  # the last layer's input (FastV ranks with layer K-1's attention)
     raters = None
@@ -202,7 +235,8 @@ def reference(adapter, embeds, kind, params):
                 grid = seq.hidden[0, vision].T.reshape(1, -1, GRID, GRID)
                 pooled = F.avg_pool2d(grid, 2)[0].flatten(1).T
                 cells = torch.tensor(vision).view(GRID // 2, 2, GRID // 2, 2).permute(0, 2, 1, 3).reshape(-1, 4)
-                seq.rebuild(set(), [(h, tuple(c.tolist())) for h, c in zip(pooled, cells)], renumber=True)
+                seq.rebuild(set(), [(h, tuple(c.tolist())) for h, c in zip(pooled, cells)], renumber=True,
+                            anchors=cells[:, 0].tolist())  # a cell at its top-left token's position
                 trace[index] = seq.token_sets()
             previous_hidden, previous_pos = seq.hidden, seq.pos
             seq.hidden = run_layer(adapter, index, seq.hidden, seq.pos)
@@ -249,14 +283,13 @@ def _engine_run(adapter, cfg, prompts, pixels):
     ids, mask = left_pad(prompts)
     with engine.attached(), torch.no_grad():
         with engine.request(adapter.vision_mask(ids), mask, trace=True) as ctx:
-            logits = adapter.model(input_ids=ids, attention_mask=mask, pixel_values=pixels,
-                                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+            logits = adapter.model(**_model_inputs(adapter, ids, mask, pixels)).logits
     return logits[:, -1], ctx
 
 
 @pytest.mark.parametrize("batch", ["single", "padded"])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("family", ["llava", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "internvl", "qwen2vl"])
 def test_engine_equals_the_official_algorithm(families, family, case, batch):
     overrides, kind, params = CASES[case]
     rows = [(4, 6, 1)] if batch == "single" else [(2, 3, 1), (5, 9, 2)]
@@ -266,7 +299,8 @@ def test_engine_equals_the_official_algorithm(families, family, case, batch):
     engine_sets = ctx.token_sets()
     for b, prompt in enumerate(prompts):
         embeds = _decoder_input(adapter, prompt, pixels[b])
-        params = {**params, "vision": prompt == adapter.image_token_id, "seed": params.get("seed", 0)}
+        params = {**params, "vision": prompt == adapter.image_token_id, "seed": params.get("seed", 0),
+                  "pos": _start_positions(adapter, prompt, pixels[b])}
         expected, sets = reference(adapter, embeds, kind, params)
         pad = ctx.vision_mask.shape[1] - len(prompt)  # left padding of this row
         assert sorted(sets) == sorted(engine_sets), "reducing layers differ"
