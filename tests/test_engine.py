@@ -94,6 +94,28 @@ def _reference_logits(adapter, ids, pixel_values, schedule, scorer_kind, positio
         return model.lm_head(lm.norm(hidden))[:, -1]
 
 
+def compact_grid(pos, is_vision):
+    """Reference M-RoPE renumbering of a reduced batch-1 sequence, ``pos`` (3, 1, seq): text tokens count on by
+    one; a run of vision tokens re-indexes each axis's distinct kept values 0, 1, ... from where the text stopped,
+    and the text after it starts ``max`` of those extents later (Qwen2-VL's rule for a smaller image)."""
+    new, start, i = torch.zeros_like(pos), 0, 0
+    vision = is_vision.tolist()
+    while i < len(vision):
+        if not vision[i]:
+            new[:, 0, i], start, i = start, start + 1, i + 1
+            continue
+        j = i
+        while j < len(vision) and vision[j]:
+            j += 1
+        extent = 0
+        for axis in range(3):
+            values = sorted(set(pos[axis, 0, i:j].tolist()))
+            new[axis, 0, i:j] = torch.tensor([start + values.index(v) for v in pos[axis, 0, i:j].tolist()])
+            extent = max(extent, len(values))
+        start, i = start + extent, j
+    return new
+
+
 def test_keep_all_equals_unmodified_model_and_hooks_are_removed(tiny_llava, pixel_values):
     adapter = VLMAdapter(tiny_llava)
     ids, mask = left_pad([make_prompt(3, 5)])

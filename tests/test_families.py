@@ -2,25 +2,24 @@
 dynamic resolution), LLaVA-OneVision (AnyRes-max tiles with image-newline tokens, Qwen2 decoder) and InternVL3
 (transformers-native InternVL, dynamic tiles).
 
-For each: keep-all = the unmodified model; the engine = a slow reference (decoder layers run by hand with the
-model's own rotary module and HF's eager attention as the scoring oracle; an M-RoPE compact-grid renumbering
-written here); padded batches with two vision-token counts = single runs and processed counts = the plan, for
-every method; cached decoding = re-run prefills; both position policies. Plus the M-RoPE policies themselves, and
-the real checkpoints' configs (weights-free flops mode, one-line offline errors).
+For each: padded batches with two vision-token counts = single runs and processed counts = the plan, for every
+method; cached decoding = re-run prefills; both position policies; plus the M-RoPE policies themselves, and the
+real checkpoints' configs (weights-free flops mode). Keep-all = the unmodified model and the engine = a slow
+reference (with an M-RoPE compact-grid renumbering written in test_engine) run on these families in test_models;
+every baseline against its official-algorithm reference on Qwen2-VL in test_official_references.
 """
 import numpy as np
 import pytest
-import test_engine
 import torch
 from PIL import Image
 from test_configs import compose_config
 from test_generate import ReplayScorer
-from test_models import _decoder_input, _prefill
+from test_models import _prefill
 
 from vtr_bench.eval.generate import greedy_generate
 from vtr_bench.models.loader import load_adapter
 from vtr_bench.reduction.schedule import KeepSchedule
-from vtr_bench.reduction.scoring import GridPooling, LastTokenAttention, RandomScorer, TextRaterAttention
+from vtr_bench.reduction.scoring import GridPooling, LastTokenAttention, TextRaterAttention
 from vtr_bench.run import instantiate_method, plan_flops
 
 FAMILIES = {"qwen2vl": "tiny_random_qwen2vl", "qwen25vl": "tiny_random_qwen25vl",
@@ -45,60 +44,6 @@ def adapters():
 def _inputs(adapter, family, which=(0,)):
     images = [_image(*SIZES[family][i], seed=i) for i in which]
     return adapter.prepare(images, [QUESTIONS[i] for i in which])
-
-
-def compact_grid(pos, is_vision):
-    """Reference M-RoPE renumbering of a reduced batch-1 sequence, ``pos`` (3, 1, seq): text tokens count on by
-    one; a run of vision tokens re-indexes each axis's distinct kept values 0, 1, ... from where the text stopped,
-    and the text after it starts ``max`` of those extents later (Qwen2-VL's rule for a smaller image)."""
-    new, start, i = torch.zeros_like(pos), 0, 0
-    vision = is_vision.tolist()
-    while i < len(vision):
-        if not vision[i]:
-            new[:, 0, i], start, i = start, start + 1, i + 1
-            continue
-        j = i
-        while j < len(vision) and vision[j]:
-            j += 1
-        extent = 0
-        for axis in range(3):
-            values = sorted(set(pos[axis, 0, i:j].tolist()))
-            new[axis, 0, i:j] = torch.tensor([start + values.index(v) for v in pos[axis, 0, i:j].tolist()])
-            extent = max(extent, len(values))
-        start, i = start + extent, j
-    return new
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_keep_all_equals_the_unmodified_model(adapters, family):
-    adapter = adapters[family]
-    inputs = _inputs(adapter, family)
-    expected, _ = _prefill(adapter, inputs)
-    engine = adapter.engine(KeepSchedule.full(LAYERS), None)
-    with engine.attached():
-        got, ctx = _prefill(adapter, inputs, engine)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    assert ctx.processed_counts() == [[int(adapter.vision_mask(inputs["input_ids"]).sum())] * LAYERS]
-
-
-@pytest.mark.parametrize("positions", ["keep", "renumber"])
-@pytest.mark.parametrize("scorer_kind", ["fastv", "random", "pdrop"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_engine_equals_slow_reference(adapters, family, scorer_kind, positions, monkeypatch):
-    adapter = adapters[family]
-    schedule = test_engine.SCHEDULES["pyramid"]
-    scorer = {"fastv": LastTokenAttention(-1), "pdrop": LastTokenAttention(0), "random": RandomScorer(0)}[scorer_kind]
-    inputs = _inputs(adapter, family)
-    engine = adapter.engine(schedule, scorer, positions=positions)
-    with engine.attached():
-        logits, ctx = _prefill(adapter, inputs, engine)
-    monkeypatch.setattr(test_engine, "_prompt_embeddings", lambda adapter, ids, _: _decoder_input(adapter, inputs))
-    mrope = family in MROPE
-    expected = test_engine._reference_logits(adapter, inputs["input_ids"], None, schedule, scorer_kind, positions,
-                                             start=inputs["position_ids"] if mrope else None,
-                                             renumber=compact_grid if mrope else None)
-    torch.testing.assert_close(logits[:, -1], expected, atol=1e-5, rtol=0)
-    assert ctx.processed_counts() == [schedule.counts(int(adapter.vision_mask(inputs["input_ids"]).sum()))]
 
 
 METHODS = {"fastv": ["method=fastv", "budget=0.5"], "pdrop": ["method=pdrop", "budget=0.5"],
@@ -246,3 +191,11 @@ def test_greedy_decode_equals_hf_generate(adapters, family):
     with torch.no_grad():
         theirs = adapter.model.generate(**plain, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert ours.tokens == theirs[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_qwen_vision_tower_macs_are_of_a_640x480_image(adapters):
+    adapter = adapters["qwen2vl"]
+    vision = adapter.model.config.vision_config
+    t, h, w = adapter.prepare([_image(640, 480)], QUESTIONS[:1])["image_grid_thw"][0].tolist()
+    n, d, m = t * h * w, vision.embed_dim, vision.embed_dim * vision.mlp_ratio
+    assert adapter.vision_tower_macs() == vision.depth * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)

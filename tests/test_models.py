@@ -1,5 +1,6 @@
 """Real-model configs and adapters on tiny random instances of each architecture: LLaVA-NeXT (AnyRes tiles),
-InternVL (dynamic tiles, Qwen2 decoder) and InternVL2 converted from OpenGVLab's remote-code layout (Llama decoder).
+InternVL (dynamic tiles, Qwen2 decoder), InternVL2 converted from OpenGVLab's remote-code layout (Llama decoder),
+and the 2026 families (Qwen2-VL / Qwen2.5-VL with M-RoPE, LLaVA-OneVision, InternVL3: more in test_families).
 
 Engine equivalences (keep-all identity, slow reference, per-layer counts, padded batches with per-sample vision
 counts), prompt/processor placement of the image tokens, the InternVL2 conversion, one-line offline failures.
@@ -198,12 +199,18 @@ def converted(remote_checkpoint, tmp_path_factory):
     return load_adapter(cfg.model), cfg
 
 
+NEW_FAMILIES = {"qwen2vl": "tiny_random_qwen2vl", "qwen25vl": "tiny_random_qwen25vl",
+                "llava_ov": "tiny_random_llava_ov", "internvl3": "tiny_random_internvl3"}  # tests/test_families.py
+
+
 @pytest.fixture(scope="module")
 def families(converted):
-    return {"llava_next": build_llava_next(), "internvl_tiles": build_internvl_tiles(), "internvl2": converted[0]}
+    built = {name: load_adapter(compose_config(f"model={config}").model) for name, config in NEW_FAMILIES.items()}
+    return {"llava_next": build_llava_next(), "internvl_tiles": build_internvl_tiles(), "internvl2": converted[0],
+            **built}
 
 
-FAMILIES = ["llava_next", "internvl_tiles", "internvl2"]
+FAMILIES = ["llava_next", "internvl_tiles", "internvl2", *NEW_FAMILIES]
 QUESTION = "what color is the shape?"
 
 
@@ -255,12 +262,15 @@ def test_engine_equals_slow_reference(families, family, scorer_kind, positions, 
     with engine.attached():
         logits, ctx = _prefill(adapter, inputs, engine)
     monkeypatch.setattr(test_engine, "_prompt_embeddings", lambda adapter, ids, _: _decoder_input(adapter, inputs))
-    expected = test_engine._reference_logits(adapter, inputs["input_ids"], None, schedule, scorer_kind, positions)
+    mrope = "position_ids" in inputs  # Qwen2-VL's 3-D positions, prepared by its adapter
+    expected = test_engine._reference_logits(adapter, inputs["input_ids"], None, schedule, scorer_kind, positions,
+                                             start=inputs.get("position_ids"),
+                                             renumber=test_engine.compact_grid if mrope else None)
     torch.testing.assert_close(logits[:, -1], expected, atol=1e-5, rtol=0)
     assert ctx.processed_counts() == [schedule.counts(int(adapter.vision_mask(inputs["input_ids"]).sum()))]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES[:3])  # the new families: every method, in test_families
 def test_padded_batch_with_different_vision_counts_equals_single_runs(families, family):
     """Images of other aspect ratios give other tile counts: budgets resolve per sample inside one batch."""
     adapter = families[family]
@@ -392,7 +402,7 @@ def test_internvl2_cli_offline_points_to_the_tiny_model(tmp_path):
     assert "model=tiny_internvl2" in result.stderr
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES[:3])
 def test_vision_tower_macs_per_tile(families, family):
     vision = families[family].model.config.vision_config
     per_layer = families[family].vision_tower_macs() / vision.num_hidden_layers

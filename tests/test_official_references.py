@@ -6,7 +6,7 @@ selection, clustering, pooling and position policy; the engine runs the method a
 own position policy and rounding), on tiny random LLaVA (Llama) and InternVL (Qwen2) decoders, batch 1 and a
 left-padded batch. Asserted: the same vision tokens (kept ones and the members of every merged one) after every
 reducing layer, and last-token logits within float32 tolerance. On a tiny random Qwen2-VL (3-D M-RoPE) the
-references apply RoPE by its sections themselves and renumber by the compact grid (test_families.compact_grid)."""
+references apply RoPE by its sections themselves and renumber by the compact grid (test_engine.compact_grid)."""
 import math
 
 import pytest
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import IMAGE_TOKEN, left_pad, make_random_llava
 from test_configs import compose_config
-from test_families import compact_grid
+from test_engine import compact_grid
 from vtr_bench.models.base import VLMAdapter
 from vtr_bench.models.qwen2_vl import Qwen2VLAdapter
 from vtr_bench.models.tiny import build_tiny_internvl2
