@@ -26,11 +26,16 @@ class Method:
         name: the method's config name.
         takes_budget: whether a ``budget`` may be given.
         needs_objective: whether the schedule is searched on search data (``build`` then needs an objective).
+        stage: where it reduces: ``pre-LLM`` (before the first decoder layer), ``in-LLM``, or ``none``.
+        attention: which attention weights it reads: ``LLM`` (recomputed rows: SDPA / FlashAttention stay on),
+            ``encoder`` (the vision encoder's), or ``none``.
     """
 
     name = "base"
     takes_budget = True
     needs_objective = False
+    stage = "in-LLM"
+    attention = "LLM"
 
     def schedule(self, layers: int, budget: float | None) -> KeepSchedule:  # pragma: no cover - interface
         """The keep schedule for a decoder of ``layers`` layers under ``budget`` (None: the method's own)."""
@@ -70,4 +75,4 @@ class Method:
     def describe(self, budget: float | None = None) -> dict:
         """The method's parameters and the paper's label of this setting, for results files."""
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")},
-                "label": self.label(budget)}
+                "label": self.label(budget), "stage": self.stage, "attention": self.attention}

@@ -30,6 +30,8 @@ class Downsample(Method):
     """
 
     name = "downsample"
+    stage = "pre-LLM"
+    attention = "none"
 
     def __init__(self, vision_tokens: int, grid: Sequence[int] | None = None) -> None:
         self.vision_tokens = int(vision_tokens)

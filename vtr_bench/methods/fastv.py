@@ -86,6 +86,7 @@ class RandomDrop(FastV):
     """The random control: FastV's schedule, vision tokens dropped uniformly at random (seeded)."""
 
     name = "random"
+    attention = "none"
 
     def label(self, budget: float | None) -> str | None:
         return None

@@ -7,6 +7,8 @@ class Full(Method):
     """No reduction (the reference every method is compared with)."""
 
     name = "full"
+    stage = "none"
+    attention = "none"
     takes_budget = False
 
     def schedule(self, layers: int, budget: float | None) -> KeepSchedule:

@@ -75,13 +75,22 @@ class VLMAdapter:
 
     @property
     def decoder(self) -> Decoder:
-        """The decoder family's positions, RoPE and attention rows (1-D RoPE here)."""
-        return Decoder(self.language_model.rotary_emb)
+        """The decoder family's positions, RoPE, attention rows and final norm (1-D RoPE here)."""
+        return Decoder(self.language_model.rotary_emb, self.language_model.norm)
 
     def engine(self, schedule: KeepSchedule, scorer: Scorer | None, positions: str = "keep") -> ReductionEngine:
         """A reduction engine over this model's decoder layers."""
+        needs_vision = scorer is not None and scorer.needs_vision
         return ReductionEngine(self.decoder_layers, self.decoder, schedule, scorer,
-                               positions=positions, attn_implementation=self.text_config._attn_implementation)
+                               positions=positions, attn_implementation=self.text_config._attn_implementation,
+                               probe=self.vision_probe() if needs_vision else None)
+
+    def vision_probe(self):
+        """Hooks on the vision tower for pre-LLM scorers (:mod:`vtr_bench.models.vision_probe`); None where the
+        family's vision tokens are not mapped to its encoder patches."""
+        from vtr_bench.models.vision_probe import vision_probe
+
+        return vision_probe(self.model)
 
     def prepare(self, images: list, questions: list[str]) -> dict:
         """Processor outputs (left-padded batch) for one image + question per sample, on the model's device."""

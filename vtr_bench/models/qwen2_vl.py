@@ -39,8 +39,8 @@ class MultimodalRopeDecoder(Decoder):
         sections: ``rope_scaling.mrope_section`` (head-dim halves per axis, e.g. ``[16, 24, 24]``).
     """
 
-    def __init__(self, rotary_emb, sections) -> None:
-        super().__init__(rotary_emb)
+    def __init__(self, rotary_emb, sections, norm=None) -> None:
+        super().__init__(rotary_emb, norm)
         self.sections = [int(s) for s in sections]
 
     def combine(self, table: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,8 @@ class Qwen2VLAdapter(VLMAdapter):
 
     @property
     def decoder(self) -> MultimodalRopeDecoder:
-        return MultimodalRopeDecoder(self.language_model.rotary_emb, self.text_config.rope_scaling["mrope_section"])
+        return MultimodalRopeDecoder(self.language_model.rotary_emb, self.text_config.rope_scaling["mrope_section"],
+                                     self.language_model.norm)
 
     @property
     def merge_size(self) -> int:

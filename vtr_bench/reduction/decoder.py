@@ -27,10 +27,12 @@ class Decoder:
     Args:
         rotary_emb: the decoder's rotary module (``rotary_emb(x, position_ids) -> (cos, sin)``); only needed to
             compute RoPE for new positions (``positions=renumber``).
+        norm: the decoder's final norm (DART compares tokens in its output space).
     """
 
-    def __init__(self, rotary_emb: nn.Module | None = None) -> None:
+    def __init__(self, rotary_emb: nn.Module | None = None, norm: nn.Module | None = None) -> None:
         self.rotary_emb = rotary_emb
+        self.norm = norm
 
     # --- positions --------------------------------------------------------------------------------------------
     def positions(self, position_ids: torch.Tensor, batch: int) -> torch.Tensor:
@@ -74,6 +76,12 @@ class Decoder:
         norm = getattr(attn, f"{which}_norm", None)
         return (norm(heads) if norm is not None else heads).transpose(1, 2).float()
 
+    def keys(self, layer: nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``layer``'s RoPE'd keys (batch, kv_heads, seq, head_dim) of its normed input ``normed``."""
+        k = self._project(layer.self_attn, normed, "k")
+        cos, sin = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
+        return k * cos + rotate_half(k) * sin
+
     def attention_rows(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        valid: torch.Tensor, query_index: torch.Tensor,
                        keys: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,15 +103,11 @@ class Decoder:
         dim = normed.shape[-1]
         head_dim = attn.head_dim
         rows = normed.gather(1, query_index.unsqueeze(-1).expand(-1, -1, dim))
-        cos, sin = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
         at = query_index[:, None, :, None].expand(-1, 1, -1, head_dim)
         q = self._project(attn, rows, "q")
-        q = q * cos.gather(2, at) + rotate_half(q) * sin.gather(2, at)
-        if keys is not None:
-            k = keys.float()
-        else:
-            k = self._project(attn, normed, "k")
-            k = k * cos + rotate_half(k) * sin
+        q_cos, q_sin = cos.float().unsqueeze(1).gather(2, at), sin.float().unsqueeze(1).gather(2, at)
+        q = q * q_cos + rotate_half(q) * q_sin
+        k = keys.float() if keys is not None else self.keys(layer, normed, cos, sin)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         logits = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (batch, heads, queries, seq)
         key_pos = torch.arange(normed.shape[1], device=normed.device)

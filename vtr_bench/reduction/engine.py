@@ -21,7 +21,7 @@ forward uses are read where the decoder's rotary module receives them (a pre-hoo
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -115,10 +115,13 @@ class ReductionEngine:
         scorer: decides what reducing layers keep and merge (may be None for a schedule that never drops).
         positions: ``"keep"`` (kept tokens keep their RoPE positions) or ``"renumber"`` (contiguous).
         attn_implementation: the model's attention implementation: ``"sdpa"``, ``"eager"`` or ``"flash_attention_2"``.
+        probe: what pre-LLM scorers read from the vision encoder (``scorer.needs_vision``): hooks attached with the
+            engine's, records split per sample into ``ScoringInputs.vision`` (:mod:`vtr_bench.models.vision_probe`).
     """
 
     def __init__(self, layers: Sequence[nn.Module], decoder: Decoder | nn.Module, schedule: KeepSchedule,
-                 scorer: Scorer | None, positions: str = "keep", attn_implementation: str = "sdpa") -> None:
+                 scorer: Scorer | None, positions: str = "keep", attn_implementation: str = "sdpa",
+                 probe=None) -> None:
         if positions not in POSITION_POLICIES:
             raise ConfigError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
         if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
@@ -130,12 +133,16 @@ class ReductionEngine:
             raise ConfigError(f"keep schedule has {schedule.layers} layers but the model has {len(layers)}")
         if scorer is None and not schedule.is_full:
             raise ConfigError("a schedule that drops tokens needs a scorer")
+        if scorer is not None and scorer.needs_vision and probe is None:
+            raise ConfigError(f"the {scorer.name} scorer reads the vision encoder's attention per LLM vision token, "
+                              f"which this model's token layout does not map (supported: LLaVA-1.5-style and InternVL)")
         self.layers = list(layers)
         self.decoder = decoder if isinstance(decoder, Decoder) else Decoder(decoder)
         self.schedule = schedule
         self.scorer = scorer
         self.positions = positions
         self.attn_implementation = attn_implementation
+        self.probe = probe if scorer is not None and scorer.needs_vision else None
         self._handles: list = []
         self._ctx: ReductionContext | None = None
 
@@ -151,7 +158,8 @@ class ReductionEngine:
             rotary = self.decoder.rotary_emb
             if rotary is not None:
                 self._handles.append(rotary.register_forward_pre_hook(self._rope_hook))
-            yield self
+            with self.probe.attached() if self.probe is not None else nullcontext():
+                yield self
         finally:
             for handle in self._handles:
                 handle.remove()
@@ -175,6 +183,9 @@ class ReductionEngine:
         if not self._handles:
             raise RuntimeError("attach the engine (engine.attached()) before starting a request")
         ctx = ReductionContext(self.schedule, vision_mask, attention_mask, trace)
+        if self.probe is not None:
+            self.probe.reset()
+            store = None  # a resumed prefill skips the vision tower the probe reads
         if store is not None:
             if trace:
                 raise ConfigError("token-set tracing and prefix reuse do not combine")
@@ -326,7 +337,8 @@ class ReductionEngine:
         inputs = ScoringInputs(index, self.layers[source], source_hidden, state, current=hidden, prompt=ctx.prompt,
                                prompt_hidden=ctx.prompt_hidden,
                                keys=self._cached_keys(cache, source, hidden.shape[1]) if source < index else None,
-                               decoder=self.decoder)
+                               decoder=self.decoder,
+                               vision=self.probe.per_sample(ctx.n_vision) if self.probe is not None else None)
         reduction = self.scorer.reduce(inputs, ctx.keep[:, index])
         reduced, hidden = reduce_sequence(state, hidden, reduction)
         if ctx.trace is not None:

@@ -34,6 +34,9 @@ class ScoringInputs:
         keys: ``source_layer``'s RoPE'd keys of the current sequence (batch, kv_heads, seq, head_dim) when its KV
             cache already holds them (None: recomputed from ``hidden``).
         decoder: the decoder family's attention and RoPE (:mod:`vtr_bench.reduction.decoder`).
+        vision: per sample, what the vision encoder gave each of its vision tokens, in vision-ordinal order
+            (``cls_attention`` (heads, n), ``keys`` (n, head_dim), ``features`` (n, dim): pre-projector), for scorers
+            with ``needs_vision`` (:mod:`vtr_bench.models.vision_probe`).
     """
 
     layer_index: int
@@ -45,6 +48,7 @@ class ScoringInputs:
     prompt_hidden: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     decoder: Decoder = field(default_factory=Decoder)
+    vision: list[dict] | None = None
 
 
 def attention_rows(inputs: ScoringInputs, query_index: torch.Tensor) -> torch.Tensor:
@@ -80,12 +84,14 @@ class Scorer:
     Attributes:
         name: registry name.
         needs_attention: whether ``score`` reads the source layer's attention (else no hidden states are kept).
+        needs_vision: whether it reads the vision encoder (``ScoringInputs.vision``; pre-LLM methods).
         source_offset: which layer's attention ranks tokens for layer ``l``: ``-1`` = layer ``l-1`` (FastV),
             ``0`` = layer ``l`` itself (PyramidDrop). Clamped to layer 0.
     """
 
     name = "base"
     needs_attention = True
+    needs_vision = False
     source_offset = 0
 
     def score(self, inputs: ScoringInputs) -> torch.Tensor:  # pragma: no cover - interface

@@ -85,11 +85,14 @@ class Reduction:
         anchor: (batch, groups) a vision slot (usually a member) per group: the merged token goes right after it in
             the sequence and takes its position, original index and ordinal; -1 pads the groups a sample does
             not have. None when nothing is merged.
+        weights: (batch, seq) each member's weight in its merged token, which is then the weighted sum (VisionZip:
+            the target plus the mean of the tokens assigned to it); None: the members' mean.
     """
 
     kept: torch.Tensor
     group: torch.Tensor | None = None
     anchor: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
 
 def select_vision(scores: torch.Tensor, state: SequenceState, keep: torch.Tensor) -> torch.Tensor:
@@ -116,12 +119,17 @@ def select_vision(scores: torch.Tensor, state: SequenceState, keep: torch.Tensor
     return selected & candidates
 
 
-def merge_groups(hidden: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
-    """Mean hidden state (batch, groups, dim) of the slots of each group (float32 sums, cast back)."""
+def merge_groups(hidden: torch.Tensor, group: torch.Tensor, groups: int,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean hidden state (batch, groups, dim) of the slots of each group, or with ``weights`` (batch, seq) their
+    weighted sum (float32 sums, cast back)."""
     batch, _, dim = hidden.shape
     index = torch.where(group >= 0, group, groups)  # non-members go to a spare bin
     sums = hidden.new_zeros(batch, groups + 1, dim, dtype=torch.float32)
-    sums.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, dim), hidden.float())
+    terms = hidden.float() if weights is None else hidden.float() * weights.unsqueeze(-1).float()
+    sums.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, dim), terms)
+    if weights is not None:
+        return sums[:, :groups].to(hidden.dtype)
     sizes = torch.zeros(batch, groups + 1, device=hidden.device)
     sizes.scatter_add_(1, index, torch.ones(index.shape, device=hidden.device))
     return (sums / sizes.clamp(min=1).unsqueeze(-1))[:, :groups].to(hidden.dtype)
@@ -140,7 +148,7 @@ def reduce_sequence(state: SequenceState, hidden: torch.Tensor,
     if reduction.anchor is not None and reduction.anchor.shape[1]:
         present = reduction.anchor >= 0
         anchor = reduction.anchor.clamp(min=0)
-        hidden = torch.cat([hidden, merge_groups(hidden, reduction.group, anchor.shape[1])], dim=1)
+        hidden = torch.cat([hidden, merge_groups(hidden, reduction.group, anchor.shape[1], reduction.weights)], dim=1)
         keep = torch.cat([keep, present], dim=1)
         source = torch.cat([source, anchor], dim=1)
     new_len = int(keep.sum(-1).max())

@@ -1,0 +1,113 @@
+"""What pre-LLM reducers read from the vision encoder, collected with hooks on the model's own vision-tower instance.
+
+Per image, at the encoder layer whose output the model takes as features (LLaVA's ``vision_feature_layer``: -2,
+the penultimate CLIP layer; InternVL's -1): the attention its [CLS] query pays every patch (recomputed from that
+layer's own input norm and q / k projections, softmax over all keys with [CLS], not renormalised: VisionZip's and
+FasterVLM's ``attentions[-2][:, :, 0, 1:]``) and its keys (mean over heads: VisionZip's merge metric); and the
+pre-projector features of every LLM vision token (the projector's input). Patch quantities are mapped to the LLM's
+vision tokens: one patch per token for LLaVA-1.5; InternVL's pixel shuffle merges 2x2 patches into a token, whose
+[CLS] attention is then the sum over its patches and its keys their mean (the mapping FasterVLM's issue #4
+suggests; the official repos support CLIP only).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+class VisionProbe:
+    """Records, for every image of a forward, ``cls_attention`` (heads, tokens), ``keys`` (tokens, head_dim) and
+    ``features`` (tokens, dim) per LLM vision token, in the order the model places the tokens.
+
+    Args:
+        layer: the encoder layer whose output is the features.
+        norm: its pre-attention norm; attention: its self-attention (``q_proj``, ``k_proj``, optional ``q_norm`` /
+            ``k_norm`` on the whole projection, ``num_heads``, ``head_dim``, ``scale``).
+        projector: the module whose input is the pre-projector features.
+        groups: ``groups(patches) -> (tokens, size)`` patch indices (after [CLS]) merged into each LLM token.
+    """
+
+    def __init__(self, layer: nn.Module, norm: nn.Module, attention: nn.Module, projector: nn.Module,
+                 groups: Callable[[int], torch.Tensor]) -> None:
+        self.layer, self.norm, self.attention, self.projector, self.groups = layer, norm, attention, projector, groups
+        self.records: list[dict] = []
+        self._features: list[torch.Tensor] = []
+
+    @contextmanager
+    def attached(self) -> Iterator["VisionProbe"]:
+        handles = [self.layer.register_forward_pre_hook(self._layer_hook, with_kwargs=True),
+                   self.projector.register_forward_pre_hook(self._projector_hook)]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def reset(self) -> None:
+        self.records, self._features = [], []
+
+    def _layer_hook(self, module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        attn = self.attention
+        x = self.norm(hidden)
+        q, k = attn.q_proj(x[:, :1]), attn.k_proj(x)
+        q = getattr(attn, "q_norm", nn.Identity())(q)
+        k = getattr(attn, "k_norm", nn.Identity())(k)
+        images, n = x.shape[:2]
+        q = q.view(images, 1, attn.num_heads, attn.head_dim).transpose(1, 2).float()
+        k = k.view(images, n, attn.num_heads, attn.head_dim).transpose(1, 2).float()
+        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)[:, :, 0, 1:]  # (images, heads, patches)
+        groups = self.groups(n - 1).to(hidden.device)
+        keys = k[:, :, 1:].mean(1)  # (images, patches, head_dim)
+        for i in range(images):
+            self.records.append({"cls_attention": probs[i][:, groups].sum(-1), "keys": keys[i][groups].mean(1)})
+
+    def _projector_hook(self, module, args) -> None:
+        self._features.append(args[0].reshape(-1, args[0].shape[-1]))
+
+    def per_sample(self, counts: list[int]) -> list[dict]:
+        """The records of the last forward split over its samples, ``counts[b]`` vision tokens each (images in
+        order); a mismatch (a layout the probe does not map) is an error, never a silent misalignment."""
+        features = torch.cat(self._features) if self._features else None
+        records = {key: torch.cat([r[key] for r in self.records], dim=-1 if key == "cls_attention" else 0)
+                   for key in ("cls_attention", "keys")} if self.records else None
+        total = sum(counts)
+        if records is None or features is None or records["keys"].shape[0] != total or features.shape[0] != total \
+                or records["cls_attention"].shape[-1] != total:
+            raise RuntimeError(f"the vision probe saw {0 if records is None else records['keys'].shape[0]} tokens "
+                               f"but the prompts hold {total} vision tokens: this model's token layout is not mapped")
+        out, start = [], 0
+        for n in counts:
+            out.append({"cls_attention": records["cls_attention"][:, start:start + n],
+                        "keys": records["keys"][start:start + n], "features": features[start:start + n]})
+            start += n
+        return out
+
+
+def vision_probe(model: nn.Module) -> VisionProbe | None:
+    """The probe of an HF vision-language model, or None where its vision tokens do not map to encoder patches
+    one image at a time (LLaVA-NeXT's / OneVision's AnyRes rows with newline tokens, Qwen2-VL's windowed ViT)."""
+    import transformers
+
+    config, inner = model.config, model.model
+    layer_of = lambda layers: layers[config.vision_feature_layer % len(layers)]  # noqa: E731  (-2: penultimate)
+    if isinstance(model, transformers.LlavaForConditionalGeneration) and \
+            config.vision_feature_select_strategy == "default" and isinstance(config.vision_feature_layer, int):
+        layer = layer_of(inner.vision_tower.vision_model.encoder.layers)
+        return VisionProbe(layer, layer.layer_norm1, layer.self_attn, inner.multi_modal_projector,
+                           lambda n: torch.arange(n).unsqueeze(1))
+    if isinstance(model, transformers.InternVLForConditionalGeneration) and \
+            isinstance(config.vision_feature_layer, int):
+        layer = layer_of(inner.vision_tower.encoder.layer)
+
+        def groups(n: int) -> torch.Tensor:  # the model's own pixel shuffle applied to patch indices
+            side = int(n ** 0.5)
+            index = torch.arange(n, dtype=torch.float32).view(1, side, side, 1)
+            shuffled = inner.pixel_shuffle(index, scale_factor=config.downsample_ratio)
+            return shuffled.reshape(-1, shuffled.shape[-1]).long()
+
+        return VisionProbe(layer, layer.layernorm_before, layer.attention, inner.multi_modal_projector, groups)
+    return None
