@@ -30,6 +30,10 @@ sweep "$OUT" method=full
 sweep "$OUT" method=fastv,random ++method.k=1 budget=1.0,0.5,0.3,0.25,0.125,0.1
 sweep "$OUT" method=psigmoid,sparsevlm,pdrop,downsample budget=0.3,0.125
 sweep "$OUT" method=sparsevlm,pdrop   # their official settings (SparseVLM preset 192, PyramidDrop lambda 0.5)
+# The 2026 baselines: pre-LLM (FasterVLM, VisionZip, VisPruner, DivPrune, CDPruner) and DART, which prunes after
+# layer k: k=1 as FastV above (k=2 reaches 2/12 = 0.167 at the lowest)
+sweep "$OUT" method=fastervlm,visionzip,vispruner,divprune,cdpruner budget=0.3,0.125
+sweep "$OUT" method=dart ++method.k=1 budget=0.3,0.125
 sweep "$OUT" method=gsearch
 # G-Search's pass criterion against noise: the paper's (search means) and the paired lower bound, three tolerances
 sweep "$OUT" method=gsearch ++method.criterion=mean,paired ++method.tolerance=0.01,0.02,0.05

@@ -18,7 +18,7 @@ from vtr_bench.reduction.sequence import Reduction, select_vision
 class ClsAttention(Scorer):
     """Vision tokens ranked by the encoder's [CLS] attention, mean over heads (``ScoringInputs.vision``)."""
 
-    name = "cls_attention"
+    name = "attention"
     needs_attention = False
     needs_vision = True
 
@@ -27,7 +27,7 @@ class ClsAttention(Scorer):
         scores = torch.zeros(state.is_vision.shape, device=state.is_vision.device)
         for b, record in enumerate(inputs.vision):
             slots = state.is_vision[b].nonzero().flatten()
-            scores[b, slots] = record["cls_attention"].mean(0)[state.vision_ordinal[b, slots]]
+            scores[b, slots] = record["attention"].mean(0)[state.vision_ordinal[b, slots]]
         return scores
 
     def reduce(self, inputs, keep):

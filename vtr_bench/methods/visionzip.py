@@ -54,7 +54,7 @@ class DominantContextual(Scorer):
                 continue
             contextual = round_half_up(k * self.contextual_share)  # < the n - k + contextual tokens left
             ordinal = state.vision_ordinal[b, slots]
-            scores = record["cls_attention"].sum(0)[ordinal]
+            scores = record["attention"].sum(0)[ordinal]
             order = torch.sort(scores.float(), descending=True, stable=True).indices
             dominant = order[:k - contextual]
             kept[b, slots[dominant]] = True

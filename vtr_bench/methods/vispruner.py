@@ -53,7 +53,7 @@ class ImportantDiverse(Scorer):
 
         def select(b, slots, k):
             record, ordinal = inputs.vision[b], state.vision_ordinal[b, slots]
-            order = torch.sort(record["cls_attention"].mean(0)[ordinal].float(), descending=True, stable=True).indices
+            order = torch.sort(record["attention"].mean(0)[ordinal].float(), descending=True, stable=True).indices
             important = int(k * self.important_ratio)
             diverse = diverse_rounds(record["features"][ordinal], order[important:], k - important)
             return torch.cat([order[:important], diverse])

@@ -19,7 +19,7 @@ from torch import nn
 
 
 class VisionProbe:
-    """Records, for every image of a forward, ``cls_attention`` (heads, tokens), ``keys`` (tokens, head_dim) and
+    """Records, for every image of a forward, ``attention`` (heads, tokens), ``keys`` (tokens, head_dim) and
     ``features`` (tokens, dim) per LLM vision token, in the order the model places the tokens.
 
     Args:
@@ -63,7 +63,7 @@ class VisionProbe:
         groups = self.groups(n - 1).to(hidden.device)
         keys = k[:, :, 1:].mean(1)  # (images, patches, head_dim)
         for i in range(images):
-            self.records.append({"cls_attention": probs[i][:, groups].sum(-1), "keys": keys[i][groups].mean(1)})
+            self.records.append({"attention": probs[i][:, groups].sum(-1), "keys": keys[i][groups].mean(1)})
 
     def _projector_hook(self, module, args) -> None:
         self._features.append(args[0].reshape(-1, args[0].shape[-1]))
@@ -72,16 +72,16 @@ class VisionProbe:
         """The records of the last forward split over its samples, ``counts[b]`` vision tokens each (images in
         order); a mismatch (a layout the probe does not map) is an error, never a silent misalignment."""
         features = torch.cat(self._features) if self._features else None
-        records = {key: torch.cat([r[key] for r in self.records], dim=-1 if key == "cls_attention" else 0)
-                   for key in ("cls_attention", "keys")} if self.records else None
+        records = {key: torch.cat([r[key] for r in self.records], dim=-1 if key == "attention" else 0)
+                   for key in ("attention", "keys")} if self.records else None
         total = sum(counts)
         if records is None or features is None or records["keys"].shape[0] != total or features.shape[0] != total \
-                or records["cls_attention"].shape[-1] != total:
+                or records["attention"].shape[-1] != total:
             raise RuntimeError(f"the vision probe saw {0 if records is None else records['keys'].shape[0]} tokens "
                                f"but the prompts hold {total} vision tokens: this model's token layout is not mapped")
         out, start = [], 0
         for n in counts:
-            out.append({"cls_attention": records["cls_attention"][:, start:start + n],
+            out.append({"attention": records["attention"][:, start:start + n],
                         "keys": records["keys"][start:start + n], "features": features[start:start + n]})
             start += n
         return out

@@ -35,7 +35,7 @@ class ScoringInputs:
             cache already holds them (None: recomputed from ``hidden``).
         decoder: the decoder family's attention and RoPE (:mod:`vtr_bench.reduction.decoder`).
         vision: per sample, what the vision encoder gave each of its vision tokens, in vision-ordinal order
-            (``cls_attention`` (heads, n), ``keys`` (n, head_dim), ``features`` (n, dim): pre-projector), for scorers
+            (``attention`` (heads, n), ``keys`` (n, head_dim), ``features`` (n, dim): pre-projector), for scorers
             with ``needs_vision`` (:mod:`vtr_bench.models.vision_probe`).
     """
 
