@@ -49,7 +49,9 @@ def _inputs(adapter, family, which=(0,)):
 METHODS = {"fastv": ["method=fastv", "budget=0.5"], "pdrop": ["method=pdrop", "budget=0.5"],
            "sparsevlm": ["method=sparsevlm", "budget=0.5"], "random": ["method=random", "budget=0.5"],
            "downsample": ["method=downsample", "budget=0.25"],
-           "schedule": ["method=schedule", "method.ratios=[1,0.75,0.5,0.5,0.25,0.25]"]}
+           "schedule": ["method=schedule", "method.ratios=[1,0.75,0.5,0.5,0.25,0.25]"],
+           **{m: [f"method={m}", "budget=0.5"] for m in ("fastervlm", "visionzip", "vispruner", "divprune",
+                                                          "cdpruner", "dart")}}
 
 
 def _method(family, name):
@@ -101,7 +103,7 @@ def _extended(adapter, inputs, tokens):
 
 
 @pytest.mark.parametrize("positions", ["keep", "renumber"])
-@pytest.mark.parametrize("case", ["fastv", "sparsevlm", "downsample"])
+@pytest.mark.parametrize("case", ["fastv", "sparsevlm", "downsample", "visionzip"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cached_decode_equals_rerun_prefill(adapters, family, case, positions):
     """Greedy decoding through the reduced KV cache (M-RoPE: the next positions follow the prompt's own, or the
@@ -109,9 +111,10 @@ def test_cached_decode_equals_rerun_prefill(adapters, family, case, positions):
     if family == "llava_ov" and case == "downsample":
         pytest.skip("OneVision's tokens form no grid")
     adapter = adapters[family]
-    _, (schedule, _) = _method(family, {"fastv": "fastv", "sparsevlm": "sparsevlm", "downsample": "downsample"}[case])
+    _, (schedule, plain) = _method(family, case)
     scorer = {"fastv": ReplayScorer(LastTokenAttention(-1)), "sparsevlm": ReplayRaters(),
-              "downsample": GridPooling(compose_config(f"model={FAMILIES[family]}").model.get("grid"))}[case]
+              "downsample": GridPooling(compose_config(f"model={FAMILIES[family]}").model.get("grid")),
+              "visionzip": plain}[case]  # VisionZip selects on the image alone: the same on a longer prompt
     engine = adapter.engine(schedule, scorer, positions=positions)
     inputs = _inputs(adapter, family)
     with engine.attached():
@@ -199,3 +202,46 @@ def test_qwen_vision_tower_macs_are_of_a_640x480_image(adapters):
     t, h, w = adapter.prepare([_image(640, 480)], QUESTIONS[:1])["image_grid_thw"][0].tolist()
     n, d, m = t * h * w, vision.embed_dim, vision.embed_dim * vision.mlp_ratio
     assert adapter.vision_tower_macs() == vision.depth * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+
+
+def _image_embeddings(adapter, inputs):
+    """The decoder's input embeddings at the vision positions of a batch-1 prompt (the model's own)."""
+    from test_models import _decoder_input
+
+    embeds, vision = _decoder_input(adapter, inputs)
+    return embeds[0, vision]
+
+
+@pytest.mark.parametrize("family", ["qwen2vl", "qwen25vl", "llava_ov"])
+def test_vision_probe_maps_patches_to_the_llm_tokens(adapters, family):
+    """The probe's per-token pre-projector features, through the model's own projector, are the image embeddings
+    the decoder receives, token by token (Qwen2.5-VL: back from window order; OneVision: through its AnyRes packing,
+    newline tokens aside); the received attention of an image's tokens sums to one per head."""
+    adapter = adapters[family]
+    inputs = _inputs(adapter, family, (1,))
+    probe = adapter.vision_probe()
+    with probe.attached(), torch.no_grad():
+        probe.reset()
+        adapter.model(**{k: v for k, v in inputs.items() if k != "position_ids"})
+        [record] = probe.per_sample([int(adapter.vision_mask(inputs["input_ids"]).sum())])
+    expected = _image_embeddings(adapter, inputs)
+    with torch.no_grad():
+        if family in MROPE:
+            merger = adapter.model.model.visual.merger
+            width = record["features"].shape[-1] // 4
+            projected = merger.mlp(merger.ln_q(record["features"].view(-1, 4, width)).view(-1, 4 * width))
+            torch.testing.assert_close(record["attention"].sum(-1), torch.ones(record["attention"].shape[0]))
+        else:
+            projected = adapter.model.model.multi_modal_projector(record["features"])
+            newline = (record["attention"] == 0).all(0)
+            projected, expected = projected[~newline], expected[~newline]
+            assert 0 < int(newline.sum()) < len(newline)
+    torch.testing.assert_close(projected, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", MROPE)
+def test_prepared_positions_do_not_depend_on_padding(adapters, family):
+    adapter = adapters[family]
+    single, batch = _inputs(adapter, family, (1,)), _inputs(adapter, family, (0, 1))
+    n = single["input_ids"].shape[1]
+    assert torch.equal(batch["position_ids"][:, 1, -n:], single["position_ids"][:, 0])

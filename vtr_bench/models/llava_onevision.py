@@ -9,7 +9,85 @@ downsampling control does not apply.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import torch
 from transformers import LlavaOnevisionProcessor, ProcessorMixin
+
+from vtr_bench.models.vision_probe import Probe, received_attention
+
+
+class OnevisionProbe(Probe):
+    """The vision probe of LLaVA-OneVision (SigLIP: no [CLS] token): at the feature layer, each patch's mean
+    attention received from the queries of its crop and its keys (mean over heads), and the projector's input;
+    mapped to the LLM's vision tokens by the model's own ``pack_image_features`` run on these per-patch values
+    (unpadding, the anyres-max bilinear shrink). An image-newline token gets attention 0 and the mean keys /
+    features of its image's other tokens (it has no patch; a documented choice)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.inner = model.model
+        layers = self.inner.vision_tower.vision_model.encoder.layers
+        self.layer = layers[model.config.vision_feature_layer % len(layers)]
+        self._crops: list[dict] = []
+
+    @contextmanager
+    def attached(self):
+        handles = [self.layer.register_forward_pre_hook(self._layer_hook, with_kwargs=True),
+                   self.inner.multi_modal_projector.register_forward_pre_hook(self._projector_hook)]
+        pack = self.inner.pack_image_features
+        self.inner.pack_image_features = self._packing(pack)  # on this instance only, removed below
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.inner.__dict__.pop("pack_image_features", None)
+
+    def reset(self) -> None:
+        super().reset()
+        self._crops = []
+
+    def _layer_hook(self, module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        attn, x = module.self_attn, module.layer_norm1(hidden)
+        crops, n = x.shape[:2]
+        q, k = (p(x).view(crops, n, attn.num_heads, attn.head_dim).transpose(1, 2) for p in (attn.q_proj, attn.k_proj))
+        for i in range(crops):
+            self._crops.append({"attention": received_attention(q[i], k[i], attn.scale),
+                                "keys": k[i].float().mean(0)})
+
+    def _projector_hook(self, module, args) -> None:
+        self._features.append(args[0])  # (crops, patches, dim)
+
+    def _packing(self, pack):
+        def packed(image_features, image_sizes, image_newline=None, vision_aspect_ratio="anyres_max_9"):
+            result = pack(image_features, image_sizes, image_newline=image_newline,
+                          vision_aspect_ratio=vision_aspect_ratio)
+            features = torch.cat(self._features)
+            heads = self._crops[0]["attention"].shape[0]
+            values = torch.cat([torch.stack([c["attention"].T for c in self._crops]),
+                                torch.stack([c["keys"] for c in self._crops]), features.float(),
+                                torch.ones(*features.shape[:2], 1, device=features.device)], dim=-1)
+            split = torch.split(values, [f.shape[0] for f in image_features])
+            marker = torch.zeros(values.shape[-1], device=values.device)
+            tokens, _ = pack(list(split), image_sizes, image_newline=marker if image_newline is not None else None,
+                             vision_aspect_ratio=vision_aspect_ratio)
+            tokens = torch.cat(tokens)
+            newline = tokens[:, -1] < 0.5
+            dims = [heads, self._crops[0]["keys"].shape[-1], features.shape[-1]]
+            attention, keys, feats = tokens[:, :-1].split(dims, dim=-1)
+            attention = attention.masked_fill(newline[:, None], 0.0)
+            start = 0
+            for length in result[1]:  # per image: newline rows take the image's other tokens' mean
+                rows = slice(start, start + int(length))
+                for t in (keys, feats):
+                    t[rows][newline[rows]] = t[rows][~newline[rows]].mean(0)
+                start += int(length)
+            self.records, self._features = [{"attention": attention.T, "keys": keys}], [feats]
+            return result
+
+        return packed
 
 
 class VisionOnlyOnevisionProcessor(LlavaOnevisionProcessor):

@@ -19,12 +19,14 @@ Position policies (``positions=``):
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from transformers import ProcessorMixin, Qwen2VLProcessor
 
 from vtr_bench.models.base import VLMAdapter
-from vtr_bench.reduction.decoder import Decoder
+from vtr_bench.models.vision_probe import Probe, received_attention
+from vtr_bench.reduction.decoder import Decoder, rotate_half
 
 NOMINAL_IMAGE = (480, 640)
 """(height, width) of the image whose vision-tower MACs the results report (dynamic resolution: per image)."""
@@ -96,6 +98,61 @@ class MultimodalRopeDecoder(Decoder):
         return new
 
 
+class QwenVisionProbe(Probe):
+    """The vision probe of Qwen2-VL / Qwen2.5-VL (no [CLS] token): at the ViT's last block (full attention in
+    both), each patch's mean attention received from the queries of its image (recomputed from the block's norm,
+    qkv and 2-D RoPE), its keys before RoPE (mean over heads) and the merger's input; each LLM token (a merged
+    2x2 group of consecutive patches) sums its patches' attention and averages their keys. Qwen2.5-VL runs its
+    blocks in window order: tokens are put back in image order as its own ``get_window_index`` says."""
+
+    def __init__(self, visual) -> None:
+        super().__init__()
+        self.visual, self.block = visual, visual.blocks[-1]
+        self.group = visual.spatial_merge_size ** 2
+        self._grid = None
+
+    @contextmanager
+    def attached(self):
+        handles = [self.visual.register_forward_pre_hook(self._visual_hook, with_kwargs=True),
+                   self.block.register_forward_pre_hook(self._block_hook, with_kwargs=True),
+                   self.visual.merger.register_forward_pre_hook(self._merger_hook)]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _order(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens in image order (Qwen2.5-VL's blocks see them in window order)."""
+        if not hasattr(self.visual, "get_window_index"):
+            return tokens
+        window_index, _ = self.visual.get_window_index(self._grid)
+        return tokens[torch.argsort(window_index.to(tokens.device))]
+
+    def _visual_hook(self, module, args, kwargs) -> None:
+        self._grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+
+    def _block_hook(self, module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cu_seqlens = kwargs["cu_seqlens"]
+        cos, sin = kwargs["position_embeddings"]
+        attn = module.attn
+        seq = hidden.shape[0]
+        q, k, _ = attn.qkv(module.norm1(hidden)).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        keys = k.float().mean(1)  # (seq, head_dim), before RoPE
+        cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+        q, k = (t.float() * cos + rotate_half(t.float()) * sin for t in (q, k))
+        received = torch.cat([received_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), attn.scaling)
+                              for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())], dim=-1)
+        attention = self._order(received.view(attn.num_heads, -1, self.group).sum(-1).T).T
+        self.records.append({"attention": attention, "keys": self._order(keys.view(-1, self.group, keys.shape[-1])
+                                                                         .mean(1))})
+
+    def _merger_hook(self, module, args) -> None:
+        features = args[0]
+        self._features.append(self._order(features.reshape(-1, self.group * features.shape[-1])))
+
+
 class VisionOnlyQwen2VLProcessor(Qwen2VLProcessor):
     """Qwen2VLProcessor without its video processor (which needs torchvision, left out here); images only."""
 
@@ -122,6 +179,9 @@ class Qwen2VLAdapter(VLMAdapter):
         return MultimodalRopeDecoder(self.language_model.rotary_emb, self.text_config.rope_scaling["mrope_section"],
                                      self.language_model.norm)
 
+    def vision_probe(self) -> QwenVisionProbe:
+        return QwenVisionProbe(self.model.model.visual)
+
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
@@ -143,10 +203,14 @@ class Qwen2VLAdapter(VLMAdapter):
         return vision_tower_macs(h * w // vision.patch_size ** 2, hidden, ffn, vision.depth)
 
     def position_ids(self, inputs: dict) -> torch.Tensor:
-        """(3, batch, seq) M-RoPE position ids of a prepared batch."""
+        """(3, batch, seq) M-RoPE position ids of a prepared batch, each row's first real token at 0 (Qwen2.5-VL's
+        ``get_rope_index`` starts a left-padded row at its padding length: harmless to attention, which RoPE keeps
+        relative, but not to what reads absolute RoPE'd keys, such as DART's key norms)."""
+        mask = inputs["attention_mask"].bool()
         position_ids, _ = self.model.model.get_rope_index(inputs["input_ids"], inputs.get("image_grid_thw"), None,
                                                           inputs["attention_mask"])
-        return position_ids
+        start = position_ids.masked_fill(~mask, torch.iinfo(position_ids.dtype).max).amin(dim=(0, 2), keepdim=True)
+        return torch.where(mask, position_ids - start, position_ids)
 
     def prepare(self, images: list, questions: list[str]) -> dict:
         batch = super().prepare(images, questions)

@@ -7,7 +7,10 @@ FasterVLM's ``attentions[-2][:, :, 0, 1:]``) and its keys (mean over heads: Visi
 pre-projector features of every LLM vision token (the projector's input). Patch quantities are mapped to the LLM's
 vision tokens: one patch per token for LLaVA-1.5; InternVL's pixel shuffle merges 2x2 patches into a token, whose
 [CLS] attention is then the sum over its patches and its keys their mean (the mapping FasterVLM's issue #4
-suggests; the official repos support CLIP only).
+suggests; the official repos support CLIP only). Encoders without a [CLS] token (Qwen2-VL's ViT, OneVision's
+SigLIP) give instead the mean attention each patch receives from all queries of its image (the FasterVLM /
+VisPruner author's recipe, VisPruner issue #1), mapped through the model's own 2x2 merge or AnyRes packing:
+:class:`~vtr_bench.models.qwen2_vl.QwenVisionProbe`, :class:`~vtr_bench.models.llava_onevision.OnevisionProbe`.
 """
 from __future__ import annotations
 
@@ -18,55 +21,22 @@ import torch
 from torch import nn
 
 
-class VisionProbe:
-    """Records, for every image of a forward, ``attention`` (heads, tokens), ``keys`` (tokens, head_dim) and
-    ``features`` (tokens, dim) per LLM vision token, in the order the model places the tokens.
+class Probe:
+    """What every probe records: per forward, ``attention`` (heads, tokens), ``keys`` (tokens, head_dim) and
+    ``features`` (tokens, dim) of the LLM vision tokens in the order the model places them (``records``: one dict
+    per image or per batch, ``_features``: one tensor per projector call); :meth:`per_sample` splits them."""
 
-    Args:
-        layer: the encoder layer whose output is the features.
-        norm: its pre-attention norm; attention: its self-attention (``q_proj``, ``k_proj``, optional ``q_norm`` /
-            ``k_norm`` on the whole projection, ``num_heads``, ``head_dim``, ``scale``).
-        projector: the module whose input is the pre-projector features.
-        groups: ``groups(patches) -> (tokens, size)`` patch indices (after [CLS]) merged into each LLM token.
-    """
-
-    def __init__(self, layer: nn.Module, norm: nn.Module, attention: nn.Module, projector: nn.Module,
-                 groups: Callable[[int], torch.Tensor]) -> None:
-        self.layer, self.norm, self.attention, self.projector, self.groups = layer, norm, attention, projector, groups
+    def __init__(self) -> None:
         self.records: list[dict] = []
         self._features: list[torch.Tensor] = []
-
-    @contextmanager
-    def attached(self) -> Iterator["VisionProbe"]:
-        handles = [self.layer.register_forward_pre_hook(self._layer_hook, with_kwargs=True),
-                   self.projector.register_forward_pre_hook(self._projector_hook)]
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def reset(self) -> None:
         self.records, self._features = [], []
 
-    def _layer_hook(self, module, args, kwargs) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        attn = self.attention
-        x = self.norm(hidden)
-        q, k = attn.q_proj(x[:, :1]), attn.k_proj(x)
-        q = getattr(attn, "q_norm", nn.Identity())(q)
-        k = getattr(attn, "k_norm", nn.Identity())(k)
-        images, n = x.shape[:2]
-        q = q.view(images, 1, attn.num_heads, attn.head_dim).transpose(1, 2).float()
-        k = k.view(images, n, attn.num_heads, attn.head_dim).transpose(1, 2).float()
-        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)[:, :, 0, 1:]  # (images, heads, patches)
-        groups = self.groups(n - 1).to(hidden.device)
-        keys = k[:, :, 1:].mean(1)  # (images, patches, head_dim)
-        for i in range(images):
-            self.records.append({"attention": probs[i][:, groups].sum(-1), "keys": keys[i][groups].mean(1)})
-
-    def _projector_hook(self, module, args) -> None:
-        self._features.append(args[0].reshape(-1, args[0].shape[-1]))
+    @contextmanager
+    def attached(self) -> Iterator["Probe"]:  # pragma: no cover - interface
+        raise NotImplementedError
+        yield self
 
     def per_sample(self, counts: list[int]) -> list[dict]:
         """The records of the last forward split over its samples, ``counts[b]`` vision tokens each (images in
@@ -87,9 +57,61 @@ class VisionProbe:
         return out
 
 
+def received_attention(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """Mean attention each key receives from all queries, (heads, n), of q / k (heads, n, head_dim)."""
+    return (q.float() @ k.float().transpose(-1, -2) * scale).softmax(-1).mean(1)
+
+
+class VisionProbe(Probe):
+    """A ViT with a [CLS] token (CLIP, InternViT): per image ``attention`` (heads, tokens) of [CLS], ``keys``
+    (tokens, head_dim) and ``features`` (tokens, dim) per LLM vision token.
+
+    Args:
+        layer: the encoder layer whose output is the features.
+        norm: its pre-attention norm; attention: its self-attention (``q_proj``, ``k_proj``, optional ``q_norm`` /
+            ``k_norm`` on the whole projection, ``num_heads``, ``head_dim``, ``scale``).
+        projector: the module whose input is the pre-projector features.
+        groups: ``groups(patches) -> (tokens, size)`` patch indices (after [CLS]) merged into each LLM token.
+    """
+
+    def __init__(self, layer: nn.Module, norm: nn.Module, attention: nn.Module, projector: nn.Module,
+                 groups: Callable[[int], torch.Tensor]) -> None:
+        super().__init__()
+        self.layer, self.norm, self.attention, self.projector, self.groups = layer, norm, attention, projector, groups
+
+    @contextmanager
+    def attached(self) -> Iterator["VisionProbe"]:
+        handles = [self.layer.register_forward_pre_hook(self._layer_hook, with_kwargs=True),
+                   self.projector.register_forward_pre_hook(self._projector_hook)]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _layer_hook(self, module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        attn = self.attention
+        x = self.norm(hidden)
+        q, k = attn.q_proj(x[:, :1]), attn.k_proj(x)
+        q = getattr(attn, "q_norm", nn.Identity())(q)
+        k = getattr(attn, "k_norm", nn.Identity())(k)
+        images, n = x.shape[:2]
+        q = q.view(images, 1, attn.num_heads, attn.head_dim).transpose(1, 2).float()
+        k = k.view(images, n, attn.num_heads, attn.head_dim).transpose(1, 2).float()
+        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)[:, :, 0, 1:]  # (images, heads, patches)
+        groups = self.groups(n - 1).to(hidden.device)
+        keys = k[:, :, 1:].mean(1)  # (images, patches, head_dim)
+        for i in range(images):
+            self.records.append({"attention": probs[i][:, groups].sum(-1), "keys": keys[i][groups].mean(1)})
+
+    def _projector_hook(self, module, args) -> None:
+        self._features.append(args[0].reshape(-1, args[0].shape[-1]))
+
+
 def vision_probe(model: nn.Module) -> VisionProbe | None:
-    """The probe of an HF vision-language model, or None where its vision tokens do not map to encoder patches
-    one image at a time (LLaVA-NeXT's / OneVision's AnyRes rows with newline tokens, Qwen2-VL's windowed ViT)."""
+    """The [CLS] probe of an LLaVA-1.5-style or InternVL model, or None (LLaVA-NeXT's AnyRes rows with newline
+    tokens are not mapped; Qwen2-VL and OneVision adapters bring their own)."""
     import transformers
 
     config, inner = model.config, model.model
@@ -110,4 +132,9 @@ def vision_probe(model: nn.Module) -> VisionProbe | None:
             return shuffled.reshape(-1, shuffled.shape[-1]).long()
 
         return VisionProbe(layer, layer.layernorm_before, layer.attention, inner.multi_modal_projector, groups)
+    if isinstance(model, transformers.LlavaOnevisionForConditionalGeneration) and \
+            isinstance(config.vision_feature_layer, int) and config.vision_feature_select_strategy == "full":
+        from vtr_bench.models.llava_onevision import OnevisionProbe
+
+        return OnevisionProbe(model)
     return None

@@ -135,7 +135,8 @@ class ReductionEngine:
             raise ConfigError("a schedule that drops tokens needs a scorer")
         if scorer is not None and scorer.needs_vision and probe is None:
             raise ConfigError(f"the {scorer.name} scorer reads the vision encoder's attention per LLM vision token, "
-                              f"which this model's token layout does not map (supported: LLaVA-1.5-style and InternVL)")
+                              f"which this model's token layout does not map (mapped: LLaVA-1.5-style, InternVL, "
+                              f"Qwen2-VL / 2.5-VL, LLaVA-OneVision; not LLaVA-NeXT)")
         self.layers = list(layers)
         self.decoder = decoder if isinstance(decoder, Decoder) else Decoder(decoder)
         self.schedule = schedule
