@@ -26,7 +26,9 @@ from vtr_bench.reduction.flops import DecoderDims, prefill_macs
 from vtr_bench.reduction.schedule import KeepSchedule
 
 CONF = Path(__file__).resolve().parent / "conf"  # the package's configs (a link to the repo's conf/)
-DEFAULT_METHODS = ("random", "fastv", "pdrop", "sparsevlm", "psigmoid")
+DEFAULT_METHODS = ("random", "fastv", "pdrop", "sparsevlm", "psigmoid", "fastervlm", "visionzip", "vispruner",
+                   "divprune", "cdpruner", "dart")
+# The pre-LLM methods read a synthetic vision probe (models/synthetic.py): the encoder is not part of this benchmark.
 # P-Sigmoid is benchmarked as one fixed curve (no search): timing depends on the schedule, not on how it was found.
 FIXED_OVERRIDES = {"psigmoid": {"k": 1.0, "alpha": 2.0}}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -5,9 +5,12 @@ Latency depends on shapes, not weights, so a Llama decoder built from a model co
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from vtr_bench.reduction.decoder import Decoder
 from vtr_bench.reduction.engine import ReductionEngine
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import Scorer
@@ -50,10 +53,12 @@ class SyntheticDecoder:
         return len(self.model.model.layers)
 
     def engine(self, schedule: KeepSchedule, scorer: Scorer | None, positions: str = "keep") -> ReductionEngine:
-        """A reduction engine over the decoder's layers."""
+        """A reduction engine over the decoder's layers (pre-LLM scorers read a :class:`SyntheticProbe`)."""
         lm = self.model.model
-        return ReductionEngine(lm.layers, lm.rotary_emb, schedule, scorer, positions=positions,
-                               attn_implementation=lm.config._attn_implementation)
+        needs_vision = scorer is not None and scorer.needs_vision
+        probe = SyntheticProbe(self.model.config.hidden_size, self.model.device) if needs_vision else None
+        return ReductionEngine(lm.layers, Decoder(lm.rotary_emb, lm.norm), schedule, scorer, positions=positions,
+                               attn_implementation=lm.config._attn_implementation, probe=probe)
 
     def prompt(self, text_before: int, text_after: int, seed: int = 0, batch: int = 1) -> tuple[dict, torch.Tensor]:
         """``batch`` prompts of ``text_before`` text, the vision tokens, ``text_after`` text, as embeddings (each
@@ -70,3 +75,25 @@ class SyntheticDecoder:
         vision[:, text_before:text_before + self.n_vision] = True
         mask = torch.ones(batch, length, dtype=torch.long, device=device)
         return {"inputs_embeds": embeds, "attention_mask": mask}, vision
+
+
+class SyntheticProbe:
+    """Seeded random stand-ins for what the vision encoder gives pre-LLM scorers ([CLS] attention over 16 heads,
+    64-d keys, features of the decoder's width) per vision token: the synthetic decoder has no encoder, and the
+    benchmark times the decoder and the selection, not the encoder."""
+
+    def __init__(self, width: int, device, seed: int = 0) -> None:
+        self.width, self.device, self.seed = width, device, seed
+
+    @contextmanager
+    def attached(self):
+        yield self
+
+    def reset(self) -> None:
+        pass
+
+    def per_sample(self, counts: list[int]) -> list[dict]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return [{"attention": torch.rand(16, n, generator=generator).softmax(-1).to(self.device),
+                 "keys": torch.randn(n, 64, generator=generator).to(self.device),
+                 "features": torch.randn(n, self.width, generator=generator).to(self.device)} for n in counts]
