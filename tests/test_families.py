@@ -60,8 +60,12 @@ def _method(family, name):
     return method, method.build(LAYERS, cfg.get("budget"))
 
 
-@pytest.mark.parametrize("positions", ["keep", "renumber"])
-@pytest.mark.parametrize("method_name", METHODS)
+BOTH_POLICIES = ("fastv", "sparsevlm", "downsample")  # the others run with their own policy (conf/method)
+
+
+@pytest.mark.parametrize("method_name, positions", [(m, p) for m in METHODS for p in ("keep", "renumber")
+                                                    if m in BOTH_POLICIES or p == "own"] +
+                         [(m, "own") for m in METHODS if m not in BOTH_POLICIES])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_in_a_padded_batch_equals_single_runs(adapters, family, method_name, positions):
     """Two images with different vision-token counts in one left-padded batch: each row's logits and processed
@@ -70,6 +74,8 @@ def test_every_method_in_a_padded_batch_equals_single_runs(adapters, family, met
         pytest.skip("OneVision's tokens (base view + unpadded tiles + newlines) form no grid")
     adapter = adapters[family]
     method, (schedule, scorer) = _method(family, method_name)
+    if positions == "own":
+        positions = compose_config(*METHODS[method_name]).method.positions
     engine = adapter.engine(schedule, scorer, positions=positions)
     with engine.attached():
         batched, ctx = _prefill(adapter, _inputs(adapter, family, (0, 1)), engine)
@@ -102,8 +108,9 @@ def _extended(adapter, inputs, tokens):
     return longer
 
 
-@pytest.mark.parametrize("positions", ["keep", "renumber"])
-@pytest.mark.parametrize("case", ["fastv", "sparsevlm", "downsample", "visionzip"])
+@pytest.mark.parametrize("case, positions", [("fastv", "keep"), ("fastv", "renumber"), ("sparsevlm", "keep"),
+                                             ("sparsevlm", "renumber"), ("downsample", "renumber"),
+                                             ("visionzip", "renumber")])  # the last two: their own policy
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cached_decode_equals_rerun_prefill(adapters, family, case, positions):
     """Greedy decoding through the reduced KV cache (M-RoPE: the next positions follow the prompt's own, or the
