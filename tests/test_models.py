@@ -200,7 +200,8 @@ def converted(remote_checkpoint, tmp_path_factory):
 
 
 # tests/test_families.py has more on these (tiny_random_internvl3 is internvl_tiles' architecture and shapes)
-NEW_FAMILIES = {"qwen2vl": "tiny_random_qwen2vl", "qwen25vl": "tiny_random_qwen25vl", "llava_ov": "tiny_random_llava_ov"}
+NEW_FAMILIES = {"qwen2vl": "tiny_random_qwen2vl", "qwen25vl": "tiny_random_qwen25vl",
+                "llava_ov": "tiny_random_llava_ov"}
 
 
 @pytest.fixture(scope="module")
