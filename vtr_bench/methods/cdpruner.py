@@ -18,15 +18,8 @@ import torch
 from vtr_bench.errors import ConfigError
 from vtr_bench.methods.prellm import PreLLMMethod
 from vtr_bench.reduction.scoring import Scorer
-from vtr_bench.reduction.selection import cosine_matrix, dpp_greedy_map, per_sample
+from vtr_bench.reduction.selection import cosine_matrix, dpp_greedy_map, per_sample, text_after_image
 from vtr_bench.reduction.sequence import Reduction
-
-
-def instruction_slots(state, b: int) -> torch.Tensor:
-    """The real text slots after sample ``b``'s last vision slot."""
-    vision = state.is_vision[b].nonzero().flatten()
-    after = torch.arange(state.valid.shape[1], device=vision.device) > (vision.max() if len(vision) else -1)
-    return (state.valid[b] & ~state.is_vision[b] & after).nonzero().flatten()
 
 
 class ConditionalDPP(Scorer):
@@ -43,7 +36,7 @@ class ConditionalDPP(Scorer):
 
         def select(b, slots, k):
             tokens = inputs.current[b, slots]
-            text = inputs.current[b, instruction_slots(state, b)]
+            text = inputs.current[b, text_after_image(state, b)]
             relevance = self.relevance_sign * cosine_matrix(tokens, text).mean(-1) if len(text) else \
                 torch.ones(len(slots), device=tokens.device)
             low, high = relevance.min(), relevance.max()

@@ -21,7 +21,7 @@ from vtr_bench.methods.fastv import solve_drop_fraction
 from vtr_bench.methods.stages import check_rounding
 from vtr_bench.reduction.schedule import KeepSchedule
 from vtr_bench.reduction.scoring import Scorer
-from vtr_bench.reduction.selection import cosine_matrix
+from vtr_bench.reduction.selection import cosine_matrix, text_after_image
 from vtr_bench.reduction.sequence import Reduction
 
 PIVOTS = (4, 4)  # vision, text
@@ -55,8 +55,7 @@ class PivotDuplication(Scorer):
             if k >= len(vision):
                 kept[b, vision] = True
                 continue
-            after = torch.arange(state.valid.shape[1], device=vision.device) > vision.max()
-            text = (state.valid[b] & ~state.is_vision[b] & after).nonzero().flatten()
+            text = text_after_image(state, b)
             top = lambda slots, n: slots[torch.sort(norm[b, slots], descending=True, stable=True).indices[:n]]  # noqa: E731
             image_pivots = top(vision, min(PIVOTS[0], k))
             pivots = torch.cat([image_pivots, top(text, PIVOTS[1])]).sort().values

@@ -56,6 +56,13 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long, device=kernel.device)
 
 
+def text_after_image(state: SequenceState, b: int) -> torch.Tensor:
+    """The real text slots after sample ``b``'s last vision slot (the instruction and the template's tail)."""
+    vision = state.is_vision[b].nonzero().flatten()
+    after = torch.arange(state.valid.shape[1], device=vision.device) > (vision.max() if len(vision) else -1)
+    return (state.valid[b] & ~state.is_vision[b] & after).nonzero().flatten()
+
+
 def per_sample(state: SequenceState, keep: torch.Tensor,
                select: Callable[[int, torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
     """(batch, seq) mask of the vision slots ``select(b, slots, k)`` picks for each sample: it gets the sample's
