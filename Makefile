@@ -56,7 +56,7 @@ report: $(STAMP)  ## table + plots from the run directories -> runs/report/
 wandb-sync: $(STAMP)  ## upload offline W&B runs (needs a W&B login and network)
 	find runs -type d -name 'offline-run-*' -exec $(VENV)/bin/wandb sync {} +
 
-tiny-models: $(STAMP)  ## retrain both bundled tiny checkpoints on CPU (in parallel; 87 min on 2 cores, measured)
+tiny-models: $(STAMP)  ## retrain the bundled tiny checkpoints on CPU (two at a time, one thread each; resumable)
 	$(PY) -m vtr_bench.tiny.train --all
 
 tiny-tables: $(STAMP)  ## every method x budget on both bundled tiny models -> runs/tiny/report/ (README tables)

@@ -8,7 +8,8 @@ from vtr_bench.errors import ConfigError, EvaluationError
 from vtr_bench.eval.evaluate import check_tasks
 from vtr_bench.eval.task_files import task_configs
 
-HUB_BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml") if not p.stem.startswith("shapes"))
+HUB_BENCHMARKS = sorted(p.stem for p in (CONF / "benchmark").glob("*.yaml")
+                        if not p.stem.startswith(("shapes", "sparse")))
 PAPER_TASKS = {"vqav2_val", "gqa", "vizwiz_vqa_val", "scienceqa_img", "textvqa_val", "pope", "mme", "mmbench_en_dev",
                "mmbench_cn_dev", "seedbench", "llava_in_the_wild", "mmvet"}
 JUDGED_TASKS = {"mmvet", "llava_in_the_wild", "mmbench_en_dev", "mmbench_cn_dev", "mmbench_cn_cc"}

@@ -27,7 +27,14 @@ def test_model_configs_compose_with_dims(model):
     assert all(int(cfg.model.dims[k]) > 0 for k in ("layers", "hidden", "ffn", "heads", "kv_heads", "vision_tokens"))
 
 
-@pytest.mark.parametrize("model", [m for m in MODELS if m.startswith("tiny_")])
+# tiny_sparse_llava's checkpoint is trained in stretches (#24); until it is bundled, test_sparse checks its dims on
+# the builder's random model
+BUNDLED = Path(__file__).resolve().parents[1] / "vtr_bench" / "assets"
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if m.startswith("tiny_") and
+                                   (compose_config(f"model={m}").model.asset is None or
+                                    (BUNDLED / m / "config.json").exists())])
 def test_tiny_model_dims_are_the_models_own(model):
     """run.mode=flops plans from conf dims: for the CPU models they must be what the loaded model has."""
     from vtr_bench.models.loader import load_adapter

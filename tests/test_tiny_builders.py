@@ -131,7 +131,7 @@ def test_packed_training_rows_equal_single_prompts(name, llava):
 
 
 def test_vision_pretraining_targets_follow_the_grid(llava):
-    from vtr_bench.tiny.train import _token_grid, _token_targets
+    from vtr_bench.tiny.train import _token_grid
 
     model, processor = llava
     samples = data.split_samples("test")[:2]
@@ -142,7 +142,7 @@ def test_vision_pretraining_targets_follow_the_grid(llava):
             vision_feature_select_strategy="default")))
     assert grid.shape == (2, 12, 12, model.config.text_config.hidden_size)
     torch.testing.assert_close(grid[:, 1, 5], flat[:, 1 * 12 + 5])
-    targets = _token_targets(samples, 12)
+    targets = data.token_targets(samples, 12)
     obj = samples[0]["objects"][0]
     block = targets["shape"][0, obj.row * 4:obj.row * 4 + 4, obj.col * 4:obj.col * 4 + 4]
     assert block.unique().tolist() == [data.SHAPES.index(obj.shape) + 1]

@@ -170,6 +170,7 @@ def _build_random(cfg):
     from vtr_bench.models import tiny, tiny_random
 
     builders = {"tiny_llava": tiny.build_tiny_llava, "tiny_internvl2": tiny.build_tiny_internvl2,
+                "tiny_sparse_llava": tiny.build_tiny_sparse_llava,
                 "tiny_qwen2_vl": tiny_random.build_tiny_qwen2_vl,
                 "tiny_llava_onevision": tiny_random.build_tiny_llava_onevision}
     if cfg.builder not in builders:

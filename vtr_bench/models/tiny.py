@@ -29,6 +29,8 @@ from transformers import (
 )
 
 from vtr_bench.tiny.data import IMAGE_SIZE, vocabulary
+from vtr_bench.tiny.sparse import IMAGE_SIZE as SPARSE_IMAGE_SIZE
+from vtr_bench.tiny.sparse import vocabulary as sparse_vocabulary
 
 PROMPT_TEMPLATE = "USER: <image>\n{question}\nASSISTANT:"
 """Prompt of every tiny model; ``<image>`` is the model's image placeholder. The target is ``" {answer}</s>"``."""
@@ -52,7 +54,7 @@ TINY_INTERNVL2_DEFAULTS = {
 
 
 def build_tokenizer(save_dir: str | Path | None = None, internvl: bool = False,
-                    extra: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+                    extra: dict[str, str] | None = None, words: list[str] | None = None) -> PreTrainedTokenizerFast:
     """Build the deterministic word-level tokenizer of the shapes benchmark.
 
     Ids 0-4 are ``<pad> <s> </s> <unk> <image>``; with ``internvl`` the tokens ``<img> </img> <video>`` follow and
@@ -64,9 +66,10 @@ def build_tokenizer(save_dir: str | Path | None = None, internvl: bool = False,
         internvl: add InternVL's image delimiter tokens and special-token attributes.
         extra: more special tokens, by attribute name (``{"image_token": "<|image_pad|>", ...}``), appended after
             the others (the tiny random Qwen2-VL / OneVision builders; ``<image>`` then stays an ordinary token).
+        words: the word list (default: the shapes benchmark's :func:`~vtr_bench.tiny.data.vocabulary`).
     """
     specials = list(SPECIAL_TOKENS) + (list(INTERNVL_TOKENS) if internvl else []) + list((extra or {}).values())
-    vocab = {t: i for i, t in enumerate(specials + vocabulary())}
+    vocab = {t: i for i, t in enumerate(specials + (vocabulary() if words is None else list(words)))}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.normalizer = normalizers.Lowercase()
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -97,7 +100,8 @@ def _seeded_init(model_cls, config, seed: int):
         return model_cls(config).eval()
 
 
-def build_tiny_llava(cfg: dict | None = None, seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_tiny_llava(cfg: dict | None = None, seed: int = 0,
+                     words: list[str] | None = None) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Build a random-init LLaVA-1.5-style model (CLIP ViT, GELU MLP projector, Llama decoder) and its processor.
 
     With the defaults a 48 px image gives (48/4)^2 = 144 image tokens (CLS dropped, features of layer -2).
@@ -105,9 +109,10 @@ def build_tiny_llava(cfg: dict | None = None, seed: int = 0) -> tuple[LlavaForCo
     Args:
         cfg: overrides of ``TINY_LLAVA_DEFAULTS``.
         seed: seed of the weight initialisation (the global RNG state is left untouched).
+        words: the tokenizer's word list (default: the shapes benchmark's).
     """
     c = _merged(TINY_LLAVA_DEFAULTS, cfg)
-    tok = build_tokenizer()
+    tok = build_tokenizer(words=words)
     vision = CLIPVisionConfig(hidden_size=c["vision_hidden_size"], intermediate_size=c["vision_intermediate_size"],
                               num_hidden_layers=c["vision_layers"], num_attention_heads=c["vision_heads"],
                               image_size=c["image_size"], patch_size=c["patch_size"], projection_dim=c["hidden_size"])
@@ -128,6 +133,16 @@ def build_tiny_llava(cfg: dict | None = None, seed: int = 0) -> tuple[LlavaForCo
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=c["patch_size"],
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
     return model, processor
+
+
+TINY_SPARSE_LLAVA = {"image_size": SPARSE_IMAGE_SIZE, "num_layers": 16}
+"""``tiny_sparse_llava``: the tiny LLaVA with 64 px images (16 x 16 = 256 vision tokens) and 16 decoder layers."""
+
+
+def build_tiny_sparse_llava(cfg: dict | None = None, seed: int = 0) -> tuple[LlavaForConditionalGeneration,
+                                                                           LlavaProcessor]:
+    """Build the random-init tiny LLaVA of the ``sparse`` benchmark (its vocabulary, :data:`TINY_SPARSE_LLAVA`)."""
+    return build_tiny_llava({**TINY_SPARSE_LLAVA, **(cfg or {})}, seed=seed, words=sparse_vocabulary())
 
 
 class TinyInternVLProcessor(InternVLProcessor):

@@ -13,10 +13,12 @@ import itertools
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
+import torch
 from PIL import Image, ImageDraw
 
+NAME = "shapes"
 DATA_VERSION = "3"  # bump whenever generation changes: it names the materialised cache folder
 IMAGE_SIZE = 48
 GRID = 3
@@ -197,57 +199,95 @@ def sample_key(sample: dict) -> tuple:
     return (tuple(sorted(sample["objects"], key=lambda o: (o.row, o.col))), sample["question"])
 
 
-def _draw(split: str, index: int, exclude: set) -> dict:
-    attempt = 0
-    while sample_key(s := make_sample(split, index, attempt)) in exclude:
-        attempt += 1
-    return s
+class Splits:
+    """The fixed ``test`` / ``search`` lists and the unbounded ``train`` stream of a sample generator.
 
-
-_CACHE: dict[str, list[dict]] = {}
-
-
-def split_samples(split: str) -> list[dict]:
-    """Return the fixed ``test`` (500) or ``search`` (300) split; search excludes pairs found in test."""
-    if split not in _CACHE:
-        if split == "test":
-            exclude = set()
-        elif split == "search":
-            exclude = {sample_key(s) for s in split_samples("test")}
-        else:
-            raise ValueError(f"unknown fixed split {split!r}; use 'test' or 'search' (train is iter_train())")
-        _CACHE[split] = [_draw(split, i, exclude) for i in range(SPLIT_SIZES[split])]
-    return _CACHE[split]
-
-
-def iter_train(start: int = 0) -> Iterator[dict]:
-    """Yield train samples from index ``start`` on, none sharing an (image, question) pair with search or test."""
-    exclude = {sample_key(s) for split in ("test", "search") for s in split_samples(split)}
-    for index in itertools.count(start):
-        yield _draw("train", index, exclude)
-
-
-def baselines(samples: list[dict], train_size: int = 20_000) -> dict[str, float]:
-    """Accuracy of blind baselines on ``samples``, fitted on the first ``train_size`` train samples.
-
-    ``majority``: always the most frequent training answer. ``type_majority``: the most frequent training answer of
-    the question's type. ``text_only``: the most frequent training answer for the exact question text (falling back
-    to the type's majority), i.e. the best a model can do from the question alone.
+    ``make(split, index, attempt)`` builds one sample; ``key(sample)`` is its (image, question) identity. A search
+    sample found in test, or a train sample found in either, is redrawn with the next ``attempt``, so the splits
+    never overlap (shared by the shapes and sparse benchmarks).
     """
-    overall: Counter = Counter()
-    by_type: dict[str, Counter] = {}
-    by_question: dict[str, Counter] = {}
-    it = iter_train()
-    for _ in range(train_size):
-        s = next(it)
-        overall[s["answer"]] += 1
-        by_type.setdefault(s["qtype"], Counter())[s["answer"]] += 1
-        by_question.setdefault(s["question"], Counter())[s["answer"]] += 1
-    top = overall.most_common(1)[0][0]
-    hits = {"majority": 0, "type_majority": 0, "text_only": 0}
-    for s in samples:
-        hits["majority"] += top == s["answer"]
-        hits["type_majority"] += by_type[s["qtype"]].most_common(1)[0][0] == s["answer"]
-        guess = (by_question.get(s["question"]) or by_type[s["qtype"]]).most_common(1)[0][0]
-        hits["text_only"] += guess == s["answer"]
-    return {k: v / len(samples) for k, v in hits.items()}
+
+    def __init__(self, make: Callable[[str, int, int], dict], sizes: dict[str, int], key: Callable[[dict], tuple]):
+        self.make, self.sizes, self.key = make, sizes, key
+        self._cache: dict[str, list[dict]] = {}
+
+    def _draw(self, split: str, index: int, exclude: set) -> dict:
+        attempt = 0
+        while self.key(s := self.make(split, index, attempt)) in exclude:
+            attempt += 1
+        return s
+
+    def samples(self, split: str) -> list[dict]:
+        """Return the fixed ``test`` or ``search`` split; search excludes pairs found in test."""
+        if split not in self._cache:
+            if split == "test":
+                exclude = set()
+            elif split == "search":
+                exclude = {self.key(s) for s in self.samples("test")}
+            else:
+                raise ValueError(f"unknown fixed split {split!r}; use 'test' or 'search' (train is iter_train())")
+            self._cache[split] = [self._draw(split, i, exclude) for i in range(self.sizes[split])]
+        return self._cache[split]
+
+    def train(self, start: int = 0) -> Iterator[dict]:
+        """Yield train samples from index ``start`` on, none sharing an (image, question) pair with search or test."""
+        exclude = {self.key(s) for split in ("test", "search") for s in self.samples(split)}
+        for index in itertools.count(start):
+            yield self._draw("train", index, exclude)
+
+    def baselines(self, samples: list[dict], train_size: int = 20_000) -> dict[str, float]:
+        """Accuracy of blind baselines on ``samples``, fitted on the first ``train_size`` train samples.
+
+        ``majority``: always the most frequent training answer. ``type_majority``: the most frequent training answer
+        of the question's type. ``text_only``: the most frequent training answer for the exact question text
+        (falling back to the type's majority), i.e. the best a model can do from the question alone.
+        """
+        overall: Counter = Counter()
+        by_type: dict[str, Counter] = {}
+        by_question: dict[str, Counter] = {}
+        for s in itertools.islice(self.train(), train_size):
+            overall[s["answer"]] += 1
+            by_type.setdefault(s["qtype"], Counter())[s["answer"]] += 1
+            by_question.setdefault(s["question"], Counter())[s["answer"]] += 1
+        top = overall.most_common(1)[0][0]
+        hits = {"majority": 0, "type_majority": 0, "text_only": 0}
+        for s in samples:
+            hits["majority"] += top == s["answer"]
+            hits["type_majority"] += by_type[s["qtype"]].most_common(1)[0][0] == s["answer"]
+            guess = (by_question.get(s["question"]) or by_type[s["qtype"]]).most_common(1)[0][0]
+            hits["text_only"] += guess == s["answer"]
+        return {k: v / len(samples) for k, v in hits.items()}
+
+
+SPLITS = Splits(make_sample, SPLIT_SIZES, sample_key)
+split_samples = SPLITS.samples
+iter_train = SPLITS.train
+baselines = SPLITS.baselines
+
+
+def image(sample: dict) -> Image.Image:
+    """The sample's rendered image."""
+    return render(sample["objects"])
+
+
+TOKEN_CLASSES = {"color": len(COLORS) + 1, "shape": len(SHAPES) + 1, "object": len(COLORS) * len(SHAPES) + 1,
+                 "row": GRID, "col": GRID}
+"""Per-token targets of vision pretraining (:func:`token_targets`) and their number of classes."""
+
+
+def token_targets(samples: list[dict], side: int) -> dict[str, torch.Tensor]:
+    """Per-token labels on a ``side`` x ``side`` token grid: the colour, the shape and the (colour, shape) object
+    (0 = empty) of the token's grid cell, and the cell's row and column."""
+    cell = torch.arange(side) * GRID // side
+    out = {"row": cell.view(1, side, 1).expand(len(samples), side, side),
+           "col": cell.view(1, 1, side).expand(len(samples), side, side)}
+    grids = {k: torch.zeros(len(samples), GRID, GRID, dtype=torch.long) for k in ("color", "shape", "object")}
+    for i, s in enumerate(samples):
+        for o in s["objects"]:
+            color, shape = list(COLORS).index(o.color), SHAPES.index(o.shape)
+            grids["color"][i, o.row, o.col] = color + 1
+            grids["shape"][i, o.row, o.col] = shape + 1
+            grids["object"][i, o.row, o.col] = color * len(SHAPES) + shape + 1
+    for k, g in grids.items():
+        out[k] = g[:, cell][:, :, cell]
+    return out

@@ -22,12 +22,21 @@ def normalize_answer(text: str) -> str:
     return text.replace("</s>", " ").strip().strip(".,!?:;").strip().lower()
 
 
-def process_results(doc: dict, results: list[str]) -> dict:
-    """Score one prediction: ``exact_match`` plus ``exact_match_<type>`` for the doc's type (None for the others)."""
-    score = float(normalize_answer(results[0]) == doc["answer"])
-    out: dict = {f"exact_match_{t}": ({"score": score} if t == doc["qtype"] else None) for t in QUESTION_TYPES}
-    out["exact_match"] = score  # inserted last: lmms-eval reports the last metric's item count as "samples"
-    return out
+def scorer(question_types: tuple[str, ...]):
+    """The ``process_results`` hook of a benchmark with these question types."""
+
+    def process_results(doc: dict, results: list[str]) -> dict:
+        """Score one prediction: ``exact_match`` plus ``exact_match_<type>`` for the doc's type (None for the
+        others)."""
+        score = float(normalize_answer(results[0]) == doc["answer"])
+        out: dict = {f"exact_match_{t}": ({"score": score} if t == doc["qtype"] else None) for t in question_types}
+        out["exact_match"] = score  # inserted last: lmms-eval reports the last metric's item count as "samples"
+        return out
+
+    return process_results
+
+
+process_results = scorer(QUESTION_TYPES)
 
 
 def mean_of_present(items: list) -> float:
