@@ -103,7 +103,7 @@ def _random_objects(rng: random.Random, n: int, attrs: list[tuple[str, str]] | N
     return tuple(objs)
 
 
-def _count_wording(variant: str, target: str = "") -> str:
+def count_wording(variant: str, target: str = "") -> str:
     """The count question of ``variant``: all objects, the objects of colour ``target``, or the shapes ``target``."""
     if variant == "all":
         return "How many objects are there?"
@@ -116,7 +116,7 @@ def _count_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
     variant = rng.choice(("all", "color", "shape"))
     if variant == "all":
         n = rng.randint(1, MAX_OBJECTS)
-        return _random_objects(rng, n), _count_wording(variant), str(n)
+        return _random_objects(rng, n), count_wording(variant), str(n)
     k = rng.randint(0, 4)
     n = rng.randint(max(k, 1), MAX_OBJECTS)
     if variant == "color":
@@ -128,7 +128,16 @@ def _count_question(rng: random.Random) -> tuple[tuple[Obj, ...], str, str]:
         others = [s for s in SHAPES if s != target]
         attrs = [(rng.choice(list(COLORS)), target if i < k else rng.choice(others)) for i in range(n)]
     rng.shuffle(attrs)
-    return _random_objects(rng, n, attrs), _count_wording(variant, target), str(k)
+    return _random_objects(rng, n, attrs), count_wording(variant, target), str(k)
+
+
+def ask_count(objects: tuple, rng: random.Random) -> tuple[str, str]:
+    """A random count question (all objects, a colour or a shape) about objects with ``color`` / ``shape``."""
+    variant = rng.choice(("all", "color", "shape"))
+    if variant == "all":
+        return count_wording(variant), str(len(objects))
+    target = rng.choice(list(COLORS) if variant == "color" else SHAPES)
+    return count_wording(variant, target), str(sum(getattr(o, variant) == target for o in objects))
 
 
 def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, str] | None:
@@ -138,11 +147,7 @@ def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, 
     the extra conversation turns of training.
     """
     if qtype == "count":
-        variant = rng.choice(("all", "color", "shape"))
-        if variant == "all":
-            return _count_wording(variant), str(len(objects))
-        target = rng.choice(list(COLORS) if variant == "color" else SHAPES)
-        return _count_wording(variant, target), str(sum(getattr(o, variant) == target for o in objects))
+        return ask_count(objects, rng)
     if qtype in ("color", "shape"):
         o = rng.choice(objects)
         if qtype == "color":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vtr_bench.tiny.data import COLORS, PLURALS, PUNCTUATION, SHAPES, Splits
+from vtr_bench.tiny.data import COLORS, PLURALS, PUNCTUATION, SHAPES, Splits, ask_count, count_wording
 
 NAME = "sparse"
 DATA_VERSION = "1"  # bump whenever generation changes: it names the materialised cache folder
@@ -120,14 +120,6 @@ def _random_attrs(rng: random.Random, n: int) -> list[tuple[str, str]]:
     return rng.sample(pairs, n)
 
 
-def _count_wording(variant: str, target: str = "") -> str:
-    if variant == "all":
-        return "How many objects are there?"
-    if variant == "color":
-        return f"How many {target} objects are there?"
-    return f"How many {PLURALS[target]} are there?"
-
-
 def _unique(objects: tuple[Obj, ...], by: str) -> list[Obj]:
     return [o for o in objects if sum(getattr(p, by) == getattr(o, by) for p in objects) == 1]
 
@@ -135,11 +127,7 @@ def _unique(objects: tuple[Obj, ...], by: str) -> list[Obj]:
 def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, str] | None:
     """A random question of type ``qtype`` about the scene as (question, answer), or None if none fits."""
     if qtype == "count":
-        variant = rng.choice(("all", "color", "shape"))
-        if variant == "all":
-            return _count_wording(variant), str(len(objects))
-        target = rng.choice(list(COLORS) if variant == "color" else SHAPES)
-        return _count_wording(variant, target), str(sum(getattr(o, variant) == target for o in objects))
+        return ask_count(objects, rng)
     if qtype == "color":
         unique = _unique(objects, "shape")
         o = rng.choice(unique) if unique else None
@@ -174,7 +162,7 @@ def _count_scene(rng: random.Random) -> tuple[tuple[Obj, ...] | None, str, str]:
     variant = rng.choice(("all", "color", "shape"))
     if variant == "all":
         n = rng.randint(1, MAX_OBJECTS)
-        return _place(rng, _random_attrs(rng, n)), _count_wording(variant), str(n)
+        return _place(rng, _random_attrs(rng, n)), count_wording(variant), str(n)
     k = rng.randint(0, 3)
     n = rng.randint(max(k, 1), MAX_OBJECTS)
     pairs = [(c, s) for c in COLORS for s in SHAPES]
@@ -186,7 +174,7 @@ def _count_scene(rng: random.Random) -> tuple[tuple[Obj, ...] | None, str, str]:
         return None, "", ""
     attrs = rng.sample(hits, k) + rng.sample(misses, n - k)
     rng.shuffle(attrs)
-    return _place(rng, attrs), _count_wording(variant, target), str(k)
+    return _place(rng, attrs), count_wording(variant, target), str(k)
 
 
 def make_sample(split: str, index: int, attempt: int = 0) -> dict:
