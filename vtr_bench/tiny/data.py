@@ -72,15 +72,19 @@ def render(objects: tuple[Obj, ...], image_size: int = IMAGE_SIZE) -> Image.Imag
         cx = (o.col + 0.5) * cell + o.dx
         cy = (o.row + 0.5) * cell + o.dy
         h = o.size / 2
-        box = [(cx - h) * scale, (cy - h) * scale, (cx + h) * scale - 1, (cy + h) * scale - 1]
-        fill = COLORS[o.color]
-        if o.shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif o.shape == "square":
-            draw.rectangle(box, fill=fill)
-        else:
-            draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+        draw_shape(draw, [(cx - h) * scale, (cy - h) * scale, (cx + h) * scale - 1, (cy + h) * scale - 1], o.shape,
+                   COLORS[o.color])
     return img
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, box: list[float], shape: str, fill: tuple[int, int, int]) -> None:
+    """Draw a filled circle, square or (upward) triangle in ``box`` = [x0, y0, x1, y1] (shapes and sparse)."""
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
 
 
 def caption(objects: tuple[Obj, ...]) -> str:

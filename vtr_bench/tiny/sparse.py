@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vtr_bench.tiny.data import COLORS, PLURALS, PUNCTUATION, SHAPES, Splits, ask_count, count_wording
+from vtr_bench.tiny.data import (COLORS, DIGITS, PLURALS, PUNCTUATION, SHAPES, Splits, ask_count, count_wording,
+                                 draw_shape)
 
 NAME = "sparse"
 DATA_VERSION = "1"  # bump whenever generation changes: it names the materialised cache folder
 IMAGE_SIZE = 64
-PATCH = 4  # the tiny model's patch size: a 16 x 16 token grid
 LOCATIONS = 8  # captions name an object's row and column on an 8 x 8 grid (digits 0-7)
 QUESTION_TYPES = ("color", "shape", "count", "relation", "exist")
 MAX_OBJECTS = 4
@@ -35,7 +35,8 @@ MIN_OFFSET = 6  # pixels along the asked axis for a relation question
 
 _FIXED_WORDS = ("user assistant how many objects are there what color is the shape object yes no left right of "
                 "above below a describe image at").split()
-DIGITS = tuple(str(i) for i in range(10))
+PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)
+"""Every (colour, shape) pair; a scene holds each at most once."""
 
 
 def vocabulary() -> list[str]:
@@ -78,13 +79,7 @@ def render(objects: tuple[Obj, ...], texture: int) -> Image.Image:
         draw.line([(x0, y0), (x1, y1)], fill=(shade,) * 3, width=int(rng.integers(1, 3)))
     for o in objects:
         h = o.size / 2
-        box = [o.x - h, o.y - h, o.x + h - 1, o.y + h - 1]
-        if o.shape == "circle":
-            draw.ellipse(box, fill=COLORS[o.color])
-        elif o.shape == "square":
-            draw.rectangle(box, fill=COLORS[o.color])
-        else:
-            draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=COLORS[o.color])
+        draw_shape(draw, [o.x - h, o.y - h, o.x + h - 1, o.y + h - 1], o.shape, COLORS[o.color])
     return img
 
 
@@ -116,8 +111,7 @@ def _place(rng: random.Random, attrs: list[tuple[str, str]]) -> tuple[Obj, ...] 
 
 def _random_attrs(rng: random.Random, n: int) -> list[tuple[str, str]]:
     """``n`` distinct (colour, shape) pairs, so that "the red circle" always names one object."""
-    pairs = [(c, s) for c in COLORS for s in SHAPES]
-    return rng.sample(pairs, n)
+    return rng.sample(PAIRS, n)
 
 
 def _unique(objects: tuple[Obj, ...], by: str) -> list[Obj]:
@@ -151,7 +145,7 @@ def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, 
         color, shape = rng.choice(sorted(present))
     else:
         # an absent pair that shares a colour or a shape with a present object: binding, not mere presence
-        absent = sorted({(c, s) for c in COLORS for s in SHAPES} - present)
+        absent = sorted(set(PAIRS) - present)
         close = [p for p in absent if any(p[0] == q[0] or p[1] == q[1] for q in present)] or absent
         color, shape = rng.choice(close)
     return f"Is there a {color} {shape}?", "yes" if (color, shape) in present else "no"
@@ -165,13 +159,10 @@ def _count_scene(rng: random.Random) -> tuple[tuple[Obj, ...] | None, str, str]:
         return _place(rng, _random_attrs(rng, n)), count_wording(variant), str(n)
     k = rng.randint(0, 3)
     n = rng.randint(max(k, 1), MAX_OBJECTS)
-    pairs = [(c, s) for c in COLORS for s in SHAPES]
     target = rng.choice(list(COLORS) if variant == "color" else SHAPES)
     field = 0 if variant == "color" else 1
-    hits = [p for p in pairs if p[field] == target]
-    misses = [p for p in pairs if p[field] != target]
-    if k > len(hits):
-        return None, "", ""
+    hits = [p for p in PAIRS if p[field] == target]  # 3 or 4 pairs: k <= 3 always fits
+    misses = [p for p in PAIRS if p[field] != target]
     attrs = rng.sample(hits, k) + rng.sample(misses, n - k)
     rng.shuffle(attrs)
     return _place(rng, attrs), count_wording(variant, target), str(k)

@@ -13,11 +13,6 @@ from vtr_bench.tiny import data as bench
 TASKS = {"shapes": "test", "shapes_search": "search"}
 
 
-def build_dataset():
-    """Render the ``test`` and ``search`` splits as a DatasetDict (id, qtype, question, answer, image)."""
-    return local.build_dataset(bench, TASKS)
-
-
 def materialize(cache_dir: str | Path) -> Path:
     """Generate the shapes dataset and task files under ``cache_dir`` (idempotent) and return the task folder."""
     return local.materialize(cache_dir, bench, TASKS, __name__)
