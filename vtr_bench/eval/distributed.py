@@ -12,12 +12,16 @@ def process_rank() -> tuple[int, int]:
 
 def gather_on_rank0(lm) -> bool:
     """Data-parallel: gather every rank's measurements and generation settings into rank 0's ``lm`` (lmms-eval
-    gathers its own samples and metrics there); padded duplicate requests count once. True on rank 0."""
+    gathers its own samples and metrics there); padded duplicate requests count once. The process group is then
+    shut down on every rank (after a barrier): a rank that exits with it still up can abort in gloo's teardown
+    ("terminate called without an active exception", seen once in CI). True on rank 0."""
     import torch.distributed as dist
 
     rank, world = process_rank()
     parts = [None] * world if rank == 0 else None
     dist.gather_object((lm.records, lm.settings), parts, dst=0)
+    dist.barrier()
+    dist.destroy_process_group()
     if rank != 0:
         return False
     lm.samples_per_rank = [len(part_records) for part_records, _ in parts]
