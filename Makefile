@@ -13,7 +13,7 @@ BUDGETS ?= 0.5,0.3,0.125
 TASKS ?=
 SWEEP_ARGS = model=$(MODEL) benchmark=$(BENCH) $(if $(TASKS),benchmark.tasks=[$(TASKS)])
 
-.PHONY: help install run test flops sweep bench bench-search device-check report wandb-sync tiny-models tiny-tables clean
+.PHONY: help install run test flops sweep bench bench-search device-check report wandb-sync tiny-models tiny-tables sparse-tables clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ tiny-models: $(STAMP)  ## retrain the bundled tiny checkpoints on CPU (two at a 
 
 tiny-tables: $(STAMP)  ## every method x budget on both bundled tiny models -> runs/tiny/report/ (README tables)
 	recipes/tiny_tables.sh $(ARGS)
+
+sparse-tables: $(STAMP)  ## the paper's questions on the sparse benchmark (tiny_sparse_llava) -> runs/sparse/report/
+	recipes/sparse_tables.sh $(ARGS)
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf runs

@@ -113,13 +113,16 @@ def test_a_run_scores_the_sparse_task_through_lmms_eval(tmp_path):
 
 
 def test_training_resumes_where_it_stopped(tmp_path):
-    """A run stopped after step 2 and resumed from its checkpoint ends where an unstopped run ends (to float
-    rounding: the optimiser state reloaded); a checkpoint of other settings is refused."""
+    """Training is deterministic (two unstopped runs: bitwise-equal weights); a run stopped after step 2 and resumed
+    from its checkpoint ends where an unstopped run ends (to float rounding: the optimiser state reloaded); a
+    checkpoint of other settings is refused."""
     from vtr_bench.tiny.train import fit
 
     hp = dict(vision_steps=2, steps=4, batch_size=2, lr=1e-3, caption_share=0.5, extra_questions=2,
               freeze_vision=True)
     straight, _, _ = fit("tiny_sparse_llava", **hp)
+    again = dict(fit("tiny_sparse_llava", **hp)[0].named_parameters())
+    assert all(torch.equal(weights, again[name]) for name, weights in straight.named_parameters())
     checkpoint = tmp_path / "state.pt"
     assert fit("tiny_sparse_llava", checkpoint=checkpoint, checkpoint_every=1, stop_at=2, **hp) is None
     assert torch.load(checkpoint, weights_only=False)["step"] == 2
@@ -130,3 +133,22 @@ def test_training_resumes_where_it_stopped(tmp_path):
         torch.testing.assert_close(weights, resumed[name], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="other settings"):
         fit("tiny_sparse_llava", checkpoint=checkpoint, **{**hp, "lr": 2e-3})
+
+
+def test_balanced_stage0_loss_weighs_object_tokens_as_all_background_together():
+    """With ``balance_objects`` the colour / shape / object losses do not depend on how much background there is
+    (duplicating background tokens changes nothing); row / column stay plain means; off, it is plain cross-entropy."""
+    from vtr_bench.tiny.train import stage0_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = {k: torch.randn(10, 13, generator=g) for k in ("color", "shape", "object", "row")}
+    targets = {k: torch.tensor([0, 0, 0, 0, 0, 0, 0, 3, 5, 2]) for k in logits}
+    more = [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]  # the background tokens twice
+    dup = ({k: v[more] for k, v in logits.items()}, {k: v[more] for k, v in targets.items()})
+    ce = torch.nn.functional.cross_entropy
+    row = ce(logits["row"], targets["row"])
+    by_hand = row + sum(ce(logits[k][7:], targets[k][7:]) + ce(logits[k][:7], targets[k][:7])
+                        for k in ("color", "shape", "object"))
+    torch.testing.assert_close(stage0_loss(logits, targets, balance_objects=True), by_hand)
+    torch.testing.assert_close(stage0_loss(*dup, balance_objects=True) - ce(*[d["row"] for d in dup]), by_hand - row)
+    assert stage0_loss(logits, targets) == sum(ce(logits[k], targets[k]) for k in logits)
