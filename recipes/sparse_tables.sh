@@ -37,9 +37,9 @@ sweep "${OUT}_shallow" method=pdrop ++method.layers=[1,6,11] budget=0.125
 "$PY" -m vtr_bench.report --runs "${OUT}_shallow" --out "${OUT}_shallow/report"
 
 # The paper's 87.5%-reduction comparison, paired over the same 500 test questions (B - A: P-Sigmoid minus FastV)
+psigmoid=$(dirname "$(ls "$OUT"/tiny_sparse_llava/psigmoid/b0.125-*/results.json | head -1)")
 for k in 2 1; do
     fastv=$(dirname "$(grep -l '"k": '"$k" "$OUT"/tiny_sparse_llava/fastv/b0.125-*/results.json | head -1)")
-    psigmoid=$(dirname "$(ls "$OUT"/tiny_sparse_llava/psigmoid/b0.125-*/results.json | head -1)")
     echo "P-Sigmoid vs FastV (k = $k) at 0.125:"
     "$PY" -m vtr_bench.compare "$fastv" "$psigmoid"
 done

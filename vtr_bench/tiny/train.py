@@ -117,6 +117,10 @@ def _token_grid(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return feats.view(feats.shape[0], side, side, feats.shape[-1])
 
 
+OBJECT_HEADS = ("color", "shape", "object")
+"""The stage-0 heads that name what is under a token (empty on background); row and column are every token's."""
+
+
 def stage0_loss(logits: dict, targets: dict, balance_objects: bool = False):
     """Sum over the heads of the per-token cross-entropy (``logits[k]``: tokens x classes, ``targets[k]``: tokens).
     ``balance_objects``: for colour / shape / object, the mean over object tokens plus the mean over background
@@ -124,7 +128,7 @@ def stage0_loss(logits: dict, targets: dict, balance_objects: bool = False):
     on_object = targets["object"] > 0
     loss = 0
     for k in logits:
-        if balance_objects and k in ("color", "shape", "object") and on_object.any():
+        if balance_objects and k in OBJECT_HEADS and on_object.any():
             token_loss = torch.nn.functional.cross_entropy(logits[k], targets[k], reduction="none")
             loss = loss + token_loss[on_object].mean() + token_loss[~on_object].mean()
         else:  # exactly the loss the shapes checkpoints were trained with
@@ -158,7 +162,7 @@ def pretrain_vision(model, processor, steps: int, batch_size: int, lr: float, se
         loss = stage0_loss(logits, targets, balance_objects)
         hits = {k: logits[k].argmax(-1) == targets[k] for k in sizes}
         correct = sum(h.float().mean() for h in hits.values()) / len(sizes)
-        object_correct = sum(hits[k][on_object].float().mean() for k in ("color", "shape", "object")) / 3
+        object_correct = sum(hits[k][on_object].float().mean() for k in OBJECT_HEADS) / len(OBJECT_HEADS)
         return loss, correct, object_correct
 
     stream = bench.iter_train(start=10_000_000 + seed)
@@ -218,9 +222,7 @@ def fit(name: str, vision_steps: int, steps: int, batch_size: int, lr: float, ca
     """
     hp = dict(name=name, vision_steps=vision_steps, steps=steps, batch_size=batch_size, lr=lr,
               caption_share=caption_share, extra_questions=extra_questions, freeze_vision=freeze_vision,
-              type_weights=type_weights, seed=seed, threads=threads)
-    if balance_objects:  # recorded only when on: the shapes models' checkpoints keep their settings
-        hp["balance_objects"] = True
+              type_weights=type_weights, balance_objects=balance_objects, seed=seed, threads=threads)
     bench = BENCHMARKS[name]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
