@@ -46,9 +46,15 @@ def test_answers_follow_the_geometry_and_objects_are_sparse():
             rest = s["question"][len("Is the "):-1]
             relation = next(r for r in sparse.RELATIONS if f" {r} the " in rest)
             first, second = rest.split(f" {relation} the ")
-            a, b = (next(o for o in objs if o.name == n) for n in (first, second))
+            named = [[o for o in objs if n in (o.shape, f"{o.color} object")] for n in (first, second)]
+            assert [len(n) for n in named] == [1, 1], s["question"]  # one attribute, unique in the scene
+            (a,), (b,) = named
             axis, sign = sparse.RELATIONS[relation]
             assert (sign * (getattr(a, axis) - getattr(b, axis)) > 0) == (s["answer"] == "yes")
+        if s["qtype"] == "exist":
+            value = s["question"][len("Is there a "):-1].removesuffix(" object")
+            present = {o.color for o in objs} | {o.shape for o in objs}
+            assert (value in present) == (s["answer"] == "yes") and value in (*sparse.COLORS, *sparse.SHAPES)
         if s["qtype"] == "color":
             shape = s["question"].split()[-1][:-1]
             assert [o.color for o in objs if o.shape == shape] == [s["answer"]]
