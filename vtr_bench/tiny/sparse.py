@@ -5,8 +5,9 @@ a 64 px image gives a 16 x 16 grid of 256 vision tokens (patch 4) and each objec
 background is grey texture with grey strokes, so only a small share of the tokens carries the answer. Questions
 depend on one or two objects, each named by one attribute that only it has in the scene: ``color`` ("What
 color is the circle?"), ``shape`` ("What shape is the red object?"), ``count``, ``relation`` ("Is the circle left
-of the blue object?") and ``exist`` ("Is there a blue object?", "Is there a triangle?"). Captions name every object with its coarse location (``red circle at 2 5``: row and column on
-an 8 x 8 grid). Samples are pure functions of ``(split, index, attempt)`` (see :class:`~vtr_bench.tiny.data.Splits`).
+of the blue object?") and ``exist`` ("Is there a blue object?", "Is there a triangle?"). Captions name every
+object with its coarse location (``red circle at 2 5``: row and column on an 8 x 8 grid). Samples are pure
+functions of ``(split, index, attempt)`` (see :class:`~vtr_bench.tiny.data.Splits`).
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ def references(o: Obj, objects: tuple[Obj, ...]) -> list[str]:
 def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, str] | None:
     """A random question of type ``qtype`` about the scene as (question, answer), or None if none fits.
 
-    Objects are named by one attribute (a shape or a colour) that is unique in the scene: a tiny model learns to
-    find "the circle" within the training budget, where a conjunction ("the red circle") stayed at chance."""
+    Objects are named by one attribute (a shape or a colour) that is unique in the scene, not by a conjunction
+    ("the red circle"; data version 1)."""
     if qtype == "count":
         return ask_count(objects, rng)
     if qtype == "color":
@@ -142,14 +143,14 @@ def ask(objects: tuple[Obj, ...], qtype: str, rng: random.Random) -> tuple[str, 
     if qtype == "relation":
         relation = rng.choice(list(RELATIONS))
         axis, sign = RELATIONS[relation]
-        pairs = [(a, b) for a in objects for b in objects if a is not b and references(a, objects)
-                 and references(b, objects) and abs(getattr(a, axis) - getattr(b, axis)) >= MIN_OFFSET]
+        refs = {o: references(o, objects) for o in objects}
+        pairs = [(a, b) for a in objects for b in objects
+                 if a is not b and refs[a] and refs[b] and abs(getattr(a, axis) - getattr(b, axis)) >= MIN_OFFSET]
         if not pairs:
             return None
         a, b = rng.choice(pairs)
         answer = "yes" if sign * (getattr(a, axis) - getattr(b, axis)) > 0 else "no"
-        first, second = rng.choice(references(a, objects)), rng.choice(references(b, objects))
-        return f"Is the {first} {relation} the {second}?", answer
+        return f"Is the {rng.choice(refs[a])} {relation} the {rng.choice(refs[b])}?", answer
     by_color = rng.random() < 0.5
     present = {o.color if by_color else o.shape for o in objects}
     values = sorted(present) if rng.random() < 0.5 else sorted(set(COLORS if by_color else SHAPES) - present)
